@@ -1,0 +1,35 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def evaluate(
+    config_json: str,
+    parent_run_id: str,
+    rankings: Input[Dataset],
+    manifest: Input[Dataset],
+    views: Input[Dataset],
+    images: Input[Dataset],
+    report: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """SHREC metrics per method and split, plots and tables; closes the parent MLflow run."""
+    from scenesearch import config, tracking
+    from scenesearch.evaluation import step
+
+    cfg = config.from_json(config_json)
+    with tracking.step_run(cfg, parent_run_id, "evaluate") as run:
+        result = step.run(rankings.path, manifest.path, views.path, [images.path], report.path, cfg.evaluate)
+        for method, values in result.metrics.items():
+            child = run.child(f"method: {method}", {"method": method})
+            child.log_params({"method": method})
+            child.log_metrics(values)
+            child.finish()
+        run.log_metrics({"n_rejected_total": result.n_rejected})
+        run.log_metrics(result.flat_metrics(), parent=True)
+        run.log_artifacts(result.artifacts, parent=True)
+    tracking.finish_parent(cfg, parent_run_id)
+    for k, v in result.flat_metrics().items():
+        metrics.log_metric(k.replace("@", "_at_"), v)

@@ -1,0 +1,23 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def ingest(config_json: str, parent_run_id: str, data_root: str, manifest: Output[Dataset]) -> str:
+    """Validate and split the dataset -> manifest.parquet + rejected.parquet; returns the dataset fingerprint."""
+    import os
+
+    from scenesearch import config, tracking
+    from scenesearch.data import ingest as step
+
+    cfg = config.from_json(config_json)
+    with tracking.step_run(cfg, parent_run_id, "ingest") as run:
+        result = step.run(data_root, manifest.path, cfg.data, cfg.seed)
+        run.log_metrics(result.metrics())
+        run.log_metrics(result.metrics(), parent=True)
+        run.log_params({"dataset_fingerprint": result.fingerprint, "data_root": data_root}, parent=True)
+        run.log_artifacts([os.path.join(manifest.path, "rejected.parquet")])
+    manifest.metadata.update({**result.metrics(), "fingerprint": result.fingerprint})
+    return result.fingerprint

@@ -1,0 +1,16 @@
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def preprocess(config_json: str, parent_run_id: str, manifest: Input[Dataset], views: Input[Dataset], images: Output[Dataset]):
+    """Renders and query photos -> 64x64 float images in [0, 1] with flips."""
+    from scenesearch import config, preprocess as step, tracking
+
+    cfg = config.from_json(config_json)
+    with tracking.step_run(cfg, parent_run_id, "preprocess") as run:
+        result = step.run(manifest.path, views.path, images.path, cfg.preprocess)
+        run.log_metrics(result.metrics())
+    images.metadata.update(result.metrics())

@@ -1,0 +1,1 @@
+"""The DAG wiring (scenesearch_pipeline), its local runner (local) and compilation."""

@@ -1,0 +1,78 @@
+"""Run the compiled DAG on this machine with kfp.local (subprocess runner, current environment).
+
+The DAG that runs here is the one that compiles for a cluster: `make_pipeline(cfg)` is called
+under `kfp.local.init`, which executes each task as a subprocess and chains its artifacts
+under `<workdir>/kfp`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scenesearch import tracking
+from scenesearch.config import RunConfig
+from scenesearch.errors import ScenesearchError
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+    run_name: str
+    status: str
+    metrics: dict[str, float]
+    step_seconds: dict[str, float]
+    pipeline_root: str
+
+
+def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str | None = None) -> LocalRun:
+    """Execute the pipeline locally and return what it logged to MLflow.
+
+    Raises:
+        ScenesearchError: a task failed; the message is the failing step's own sentence.
+    """
+    import kfp.local
+
+    from pipelines.scenesearch_pipeline import make_pipeline
+
+    uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
+    # Tasks are separate processes: pin the store so each of them logs to the same place.
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=uri))
+    run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(workdir).resolve() / "kfp"
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = make_pipeline(cfg)
+    try:
+        pipeline(config_json=cfg.to_json(), data_root=str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())
+        failure = None
+    except RuntimeError as e:  # kfp.local reports a failed task this way
+        failure = e
+    result = _collect(uri, cfg.tracking.experiment, run_name, str(root))
+    if failure is not None or result.status != "FINISHED":
+        raise ScenesearchError(result.error or f"the pipeline failed ({failure})")
+    return result.run
+
+
+@dataclass(frozen=True)
+class _Collected:
+    run: LocalRun
+    status: str
+    error: str
+
+
+def _collect(uri: str, experiment: str, run_name: str, root: str) -> _Collected:
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'") if exp else []
+    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    if not parents:
+        raise ScenesearchError(f"the pipeline failed before opening its MLflow run '{run_name}'; see the task logs above")
+    parent = parents[0]
+    children = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
+    steps = {r.data.tags.get("step"): r.data.metrics.get("step_seconds", float("nan")) for r in children if r.data.tags.get("step")}
+    run = LocalRun(uri, exp.experiment_id, parent.info.run_id, run_name, parent.info.status, dict(parent.data.metrics), steps, root)
+    return _Collected(run, parent.info.status, parent.data.tags.get("error", ""))

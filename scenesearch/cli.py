@@ -1,0 +1,171 @@
+"""The `scenesearch` command: one subcommand per DAG step, `run` for the whole DAG, `generate`.
+
+Every subcommand is a thin caller of a library step. Failures print one sentence on stderr
+and exit 1; bad usage exits 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from scenesearch.errors import ScenesearchError
+
+
+def _config(args):
+    from scenesearch import config
+
+    return config.load(args.config or args.preset, args.set)
+
+
+def cmd_generate(args) -> dict:
+    from scenesearch.data.generate import generate
+
+    cfg = _config(args)
+    r = generate(args.out, cfg.data, cfg.seed)
+    return {"root": r.root, "n_scenes": r.n_scenes, "n_queries": r.n_queries}
+
+
+def cmd_ingest(args) -> dict:
+    from scenesearch.data import ingest
+
+    cfg = _config(args)
+    r = ingest.run(args.data, args.out, cfg.data, cfg.seed)
+    return {**r.metrics(), "fingerprint": r.fingerprint}
+
+
+def cmd_render(args) -> dict:
+    from scenesearch.render import step
+
+    return step.run(args.manifest, args.out, _config(args).render).metrics()
+
+
+def cmd_preprocess(args) -> dict:
+    from scenesearch import preprocess
+
+    return preprocess.run(args.manifest, args.views, args.out, _config(args).preprocess).metrics()
+
+
+def cmd_features(args) -> dict:
+    from scenesearch import features
+
+    cfg = _config(args)
+    r = features.run(args.images, args.out, cfg.features, cfg.seed)
+    return {**r.metrics(), "weights": r.weights, "device": r.device}
+
+
+def cmd_similarity(args) -> dict:
+    from scenesearch import similarity
+
+    cfg = _config(args)
+    return similarity.run(args.features, args.out, cfg.similarity, cfg.seed).metrics()
+
+
+def cmd_retrieve(args) -> dict:
+    from scenesearch import retrieval
+
+    cfg = _config(args)
+    return retrieval.run(args.features, args.out, cfg.retrieve.methods, cfg.seed).metrics()
+
+
+def cmd_evaluate(args) -> dict:
+    from scenesearch.evaluation import step
+
+    cfg = _config(args)
+    r = step.run(args.rankings, args.manifest, args.views, [args.images] if args.images else [], args.out, cfg.evaluate)
+    for split in cfg.evaluate.splits:
+        print(step.format_table(r.metrics, split, cfg.evaluate.k))
+    return {"metrics": r.metrics, "n_rejected": r.n_rejected}
+
+
+def cmd_run(args) -> dict:
+    from pipelines.local import run_local
+    from scenesearch.evaluation.step import format_table
+
+    cfg = _config(args)
+    data_root = args.data or cfg.data.root
+    t0 = time.perf_counter()
+    if not Path(data_root).exists():
+        if not (cfg.data.generate and args.data is None):
+            raise ScenesearchError(f"dataset root {data_root} does not exist")
+        from scenesearch.data.generate import generate
+
+        print(f"generating the embedded benchmark at {data_root} ...", file=sys.stderr)
+        generate(data_root, cfg.data, cfg.seed)
+    gen_seconds = time.perf_counter() - t0
+    run = run_local(cfg, data_root, args.workdir)
+    results: dict[str, dict[str, float]] = {}
+    for key, value in run.metrics.items():
+        method, sep, metric = key.partition(".")
+        if sep:
+            results.setdefault(method, {})[metric] = value
+    print("\n== scenesearch run finished ==")
+    print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in run.step_seconds.items()))
+    for split in cfg.evaluate.splits:
+        print(format_table(results, split, cfg.evaluate.k))
+    print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
+    print(f"KFP pipeline root: {run.pipeline_root}")
+    print("Open the MLflow UI with: make ui")
+    return {"run_id": run.run_id, "metrics": run.metrics, "step_seconds": run.step_seconds}
+
+
+def cmd_compile(args) -> dict:
+    from pipelines.scenesearch_pipeline import compile_pipeline
+
+    cfg = _config(args)
+    return {"path": str(compile_pipeline(cfg, args.out or f"dist/scenesearch_{cfg.name}.yaml"))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scenesearch", description="Image-based 3D scene retrieval as one Kubeflow Pipelines DAG.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help: str, optional: tuple[str, ...] = (), **paths: str):
+        """A subcommand with the shared config options and one --flag per folder it reads or writes."""
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--preset", default="default", help="configs/<preset>.yaml (default, smoke, full)")
+        sp.add_argument("--config", help="a YAML config file instead of a preset")
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one config field")
+        for flag, text in paths.items():
+            sp.add_argument(f"--{flag}", required=flag not in optional, help=text)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("generate", cmd_generate, "write the embedded synthetic benchmark in the dataset layout", out="dataset root to create")
+    add("ingest", cmd_ingest, "validate and split a dataset; write manifest.parquet and rejected.parquet", data="dataset root", out="output folder")
+    add("render", cmd_render, "render 13 views of every scene in a manifest", manifest="ingest output folder", out="output folder")
+    add("preprocess", cmd_preprocess, "64x64 images in [0,1] with flips", manifest="ingest output folder", views="render output folder", out="output folder")
+    add("features", cmd_features, "VGG16 multi-layer descriptors + PCA", images="preprocess output folder", out="output folder")
+    add("similarity", cmd_similarity, "k-means similarity detection", features="features output folder", out="output folder")
+    add("retrieve", cmd_retrieve, "distance matrices per method", features="features output folder", out="output folder")
+    add(
+        "evaluate", cmd_evaluate, "SHREC metrics, tables and plots", rankings="retrieve output folder", manifest="ingest output folder",
+        views="render output folder", images="preprocess output folder (for its rejects)", out="output folder", optional=("images",),
+    )
+    r = add("run", cmd_run, "run the whole DAG locally with kfp.local and log it to MLflow", optional=("data",), data="dataset root (default: the preset's data.root)")
+    r.add_argument("--workdir", default="runs", help="where the local pipeline root lives")
+    add("compile", cmd_compile, "write the pipeline IR YAML", optional=("out",), out="output path (default dist/scenesearch_<preset>.yaml)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except ScenesearchError as e:
+        print(f"scenesearch {args.command}: {e}", file=sys.stderr)
+        return 1
+    if args.command != "run":
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

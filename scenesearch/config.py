@@ -1,0 +1,305 @@
+"""One typed configuration for a whole run: a frozen dataclass per step under RunConfig.
+
+Presets are YAML files in ``configs/`` (``default``, ``smoke``, ``full``). Loading validates
+every field once, at the start, and a bad value raises ConfigError naming the field, e.g.
+``features.pca_dim must be an integer > 0, got -1``. Importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scenesearch.errors import ConfigError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+WEIGHTS_CHOICES = ("none", "imagenet")  # or a path / s3:// URI to a state dict
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the dataset is and how to split it; also the embedded benchmark's size."""
+
+    root: str = "data/embedded"
+    generate: bool = True  # generate the embedded benchmark at `root` when it is absent
+    n_classes: int = 10
+    scenes_per_class: int = 10
+    query_scenes_per_class: int = 2  # held-out scenes the query photos are rendered from
+    queries_per_class: int = 10
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, val, test
+
+    def validate(self) -> None:
+        _positive(self, "n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class")
+        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
+            raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """13 views: view 0 the scene's own camera (or a canonical front-elevated view), 1..12 a circle."""
+
+    size: int = 64  # output size of each view
+    render_size: int = 128  # drawn at this size, then area-downsampled to `size`
+    n_views: int = 13
+    elevation_deg: float = 30.0  # of the circling views
+    fov_deg: float = 45.0
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def validate(self) -> None:
+        _positive(self, "size", "render_size", "n_views")
+        if self.render_size % self.size:
+            raise ConfigError(f"render.render_size must be a multiple of render.size ({self.size}), got {self.render_size}")
+        if not 1.0 <= self.fov_deg <= 120.0:
+            raise ConfigError(f"render.fov_deg must be in [1, 120], got {self.fov_deg}")
+        _unit_colour(self.background, "render.background")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 64
+    flips: bool = True  # add the horizontal flip of every image
+
+    def validate(self) -> None:
+        _positive(self, "size")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """VGG16 multi-layer descriptor [fc7, GAP(conv5_3), GAP(conv4_3), GAP(conv3_3)] + PCA."""
+
+    weights: str = "none"  # none | imagenet | a state-dict path or s3:// URI
+    input_size: int = 64  # VGG input side; 224 is the ImageNet size, ~8x slower on a CPU
+    batch_size: int = 32
+    device: str = "auto"
+    pca_dim: int = 128
+
+    def validate(self) -> None:
+        _positive(self, "input_size", "batch_size", "pca_dim")
+        if self.input_size < 32:
+            raise ConfigError(f"features.input_size must be >= 32 (VGG16 pools five times), got {self.input_size}")
+        _choice(self.device, DEVICE_CHOICES, "features.device")
+        if not self.weights:
+            raise ConfigError(f"features.weights must be one of {list(WEIGHTS_CHOICES)} or a path, got ''")
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """k-means over render features; 0 clusters means one per class."""
+
+    n_clusters: int = 0
+    n_neighbours: int = 10
+
+    def validate(self) -> None:
+        if self.n_clusters < 0:
+            raise ConfigError(f"similarity.n_clusters must be >= 0 (0 = number of classes), got {self.n_clusters}")
+        _positive(self, "n_neighbours")
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    methods: tuple[str, ...] = ("vgg_baseline", "random")
+
+    def validate(self) -> None:
+        from scenesearch.retrieval import METHODS  # the registry is the list of allowed names
+
+        if not self.methods:
+            raise ConfigError(f"retrieve.methods must name at least one of {sorted(METHODS)}")
+        for m in self.methods:
+            _choice(m, tuple(sorted(METHODS)), "retrieve.methods")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: int = 200  # cutoff of P@K and mAP@K
+    splits: tuple[str, ...] = ("val", "test")  # query splits reported
+    gallery_queries: int = 6  # queries shown in the top-k gallery image
+    gallery_top: int = 5
+
+    def validate(self) -> None:
+        _positive(self, "k", "gallery_top")
+        for s in self.splits:
+            _choice(s, ("train", "val", "test", "all"), "evaluate.splits")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the project
+    experiment: str = "scenesearch"
+
+    def validate(self) -> None:
+        if not self.experiment:
+            raise ConfigError("tracking.experiment must be a non-empty name")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> "RunConfig":
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to scalar values, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, d: dict) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    out[f"{prefix}{k}"] = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+
+        walk("", self.to_dict())
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# building from dicts, presets and overrides
+# --------------------------------------------------------------------------------------------
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig; unknown keys and wrong types name the field.
+
+    Raises:
+        ConfigError: on the first bad field.
+    """
+    return _build(RunConfig, data, "").validate()
+
+
+def from_json(text: str) -> RunConfig:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config JSON is not valid: {e}") from None
+    return from_dict(data)
+
+
+def load(preset_or_path: str = "default", overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset by name (``configs/<name>.yaml``) or a YAML file path, then apply overrides.
+
+    Args:
+        preset_or_path: preset name or path to a YAML file.
+        overrides: ``section.field=value`` strings, values parsed as YAML (``features.pca_dim=64``).
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, bad override or bad field.
+    """
+    path = Path(preset_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{preset_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+            raise ConfigError(f"unknown preset '{preset_or_path}'; known presets: {', '.join(known)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like section.field=value")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field {prefix}{unknown[0]}; known fields: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{name}.")
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, name) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{name} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, name) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no unions in the config today
+        return value
+    return value
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    section = type(cfg).__name__.replace("Config", "").lower()
+    for n in names:
+        v = getattr(cfg, n)
+        if v <= 0:
+            raise ConfigError(f"{section}.{n} must be > 0, got {v}")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got '{value}'")
+
+
+def _unit_colour(rgb: tuple[float, ...], name: str) -> None:
+    if any(not 0.0 <= c <= 1.0 for c in rgb):
+        raise ConfigError(f"{name} must hold three numbers in [0, 1], got {list(rgb)}")

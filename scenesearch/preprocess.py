@@ -1,0 +1,105 @@
+"""Preprocessing: 64x64, values in [0, 1], horizontal flips; one function for renders and query photos.
+
+The step writes ``images.npy`` (N, 3, size, size) float32 and ``index.parquet`` with one row per
+image: item_id, label, domain, split, view (-1 for query photos), flip. Row i of the index
+describes image i.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from scenesearch import storage
+from scenesearch.config import PreprocessConfig
+from scenesearch.data.ingest import decode_image, write_rejected
+from scenesearch.errors import DataError, ItemError
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("label", pa.string()),
+        ("domain", pa.string()),
+        ("split", pa.string()),
+        ("view", pa.int32()),
+        ("flip", pa.bool_()),
+    ]
+)
+
+
+def transform(size: int = 64) -> v2.Compose:
+    """uint8 (H, W, 3) array -> float32 (3, size, size) tensor in [0, 1] (antialiased resize)."""
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+
+
+def preprocess_images(images: list[np.ndarray], size: int = 64, flips: bool = True) -> torch.Tensor:
+    """Resize and scale a list of uint8 RGB images; with flips, each image is followed by its mirror.
+
+    Args:
+        images: (H, W, 3) uint8 arrays of any size.
+        size: output side.
+        flips: append the horizontal flip of each image right after it.
+
+    Returns:
+        (len(images) * (2 if flips else 1), 3, size, size) float32 tensor in [0, 1].
+    """
+    t = transform(size)
+    out = []
+    for img in images:
+        x = t(img)
+        out.append(x)
+        if flips:
+            out.append(TF.horizontal_flip(x))
+    return torch.stack(out) if out else torch.empty((0, 3, size, size))
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    n_images: int
+    n_rejected: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"n_images": self.n_images, "n_preprocess_rejected": self.n_rejected}
+
+
+def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) -> PreprocessResult:
+    """Preprocess every render and every query photo.
+
+    Raises:
+        DataError: nothing could be preprocessed.
+    """
+    from PIL import Image
+
+    manifest = {r["item_id"]: r for r in storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()}
+    views = storage.read_table(Path(views_dir) / "views.parquet").to_pylist()
+    sources: list[tuple[dict, int, np.ndarray]] = []
+    rejected = []
+    for v in views:
+        sources.append((manifest[v["item_id"]], v["view"], np.array(Image.open(io.BytesIO(v["png"])).convert("RGB"))))
+    for r in manifest.values():
+        if r["domain"] != "query":
+            continue
+        try:
+            sources.append((r, -1, decode_image(r["item_id"], storage.read_bytes(r["uri"]))))
+        except (ItemError, DataError) as e:
+            rejected.append((r["uri"], str(e)))
+    if not sources:
+        raise DataError("nothing to preprocess: no rendered view and no readable query image")
+    images = preprocess_images([s[2] for s in sources], cfg.size, cfg.flips).numpy()
+    flips = (False, True) if cfg.flips else (False,)
+    index = [
+        {"item_id": r["item_id"], "label": r["label"], "domain": r["domain"], "split": r["split"], "view": view, "flip": f}
+        for r, view, _ in sources
+        for f in flips
+    ]
+    storage.write_array(Path(out_dir) / "images.npy", images)
+    storage.write_table(Path(out_dir) / "index.parquet", pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
+    write_rejected(Path(out_dir) / "rejected.parquet", rejected)
+    return PreprocessResult(len(index), len(rejected))

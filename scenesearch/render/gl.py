@@ -1,0 +1,147 @@
+"""The OpenGL rasteriser: moderngl on an EGL context (Mesa llvmpipe on a CPU, the GPU's driver on a node).
+
+One context per process, created on first use; a Renderer owns a shader program and an
+offscreen framebuffer (colour + depth) of one size and draws many views of one uploaded mesh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scenesearch.errors import RenderError
+from scenesearch.render.camera import view_projection
+from scenesearch.render.mesh import Camera, SceneMesh
+
+_VERTEX = """
+#version 330
+uniform mat4 mvp;
+in vec3 in_position;
+in vec3 in_normal;
+in vec3 in_colour;
+out vec3 v_normal;
+out vec3 v_colour;
+void main() {
+    gl_Position = mvp * vec4(in_position, 1.0);
+    v_normal = in_normal;
+    v_colour = in_colour;
+}
+"""
+
+# Two-sided Lambert + ambient: meshes from the wild have inconsistent winding, so a back face
+# is lit with its flipped normal instead of going black.
+_FRAGMENT = """
+#version 330
+uniform vec3 light_dir;
+uniform float ambient;
+uniform float diffuse;
+in vec3 v_normal;
+in vec3 v_colour;
+out vec4 f_colour;
+void main() {
+    vec3 n = normalize(v_normal);
+    if (!gl_FrontFacing) n = -n;
+    float lambert = max(dot(n, normalize(light_dir)), 0.0);
+    f_colour = vec4(v_colour * (ambient + diffuse * lambert), 1.0);
+}
+"""
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """A directional light plus ambient; the direction points from the scene towards the light."""
+
+    direction: tuple[float, float, float] = (0.4, 1.0, 0.6)
+    ambient: float = 0.35
+    diffuse: float = 0.65
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+_CONTEXT = None
+
+
+def gl_context():
+    """The process's standalone EGL context, created once.
+
+    Raises:
+        RenderError: no EGL/OpenGL 3.3 implementation is available.
+    """
+    global _CONTEXT
+    if _CONTEXT is None:
+        import moderngl
+
+        try:
+            _CONTEXT = moderngl.create_standalone_context(backend="egl")
+        except Exception as e:
+            raise RenderError(
+                f"cannot create an OpenGL 3.3 context through EGL ({e}); install Mesa's EGL (libegl1, libegl-mesa0, libgl1-mesa-dri)"
+            ) from None
+    return _CONTEXT
+
+
+def renderer_info() -> dict[str, str]:
+    ctx = gl_context()
+    return {"gl_renderer": ctx.info["GL_RENDERER"], "gl_version": ctx.info["GL_VERSION"]}
+
+
+class Renderer:
+    """Draws views of meshes at `render_size` and area-downsamples them to `size`.
+
+    Args:
+        size: output side in pixels.
+        render_size: drawing side; a multiple of `size` (the box filter doubles as anti-aliasing).
+    """
+
+    def __init__(self, size: int = 64, render_size: int = 128):
+        if render_size % size:
+            raise ValueError(f"render_size ({render_size}) must be a multiple of size ({size})")
+        self.size, self.render_size = size, render_size
+        self.ctx = gl_context()
+        self.program = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
+        self.fbo = self.ctx.simple_framebuffer((render_size, render_size), components=4)
+
+    def __repr__(self) -> str:
+        return f"Renderer(size={self.size}, render_size={self.render_size})"
+
+    def render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting = Lighting()) -> np.ndarray:
+        """Draw one image per camera.
+
+        Returns:
+            (len(cameras), size, size, 3) uint8.
+        """
+        import moderngl
+
+        ctx = self.ctx
+        data = np.concatenate([mesh.positions, mesh.normals, mesh.colours], axis=1).astype("f4")
+        vbo = ctx.buffer(data.tobytes())
+        vao = ctx.vertex_array(self.program, [(vbo, "3f 3f 3f", "in_position", "in_normal", "in_colour")])
+        centre, radius = mesh.bounding_sphere()
+        self.program["light_dir"].value = tuple(lighting.direction)
+        self.program["ambient"].value = lighting.ambient
+        self.program["diffuse"].value = lighting.diffuse
+        out = np.empty((len(cameras), self.size, self.size, 3), dtype=np.uint8)
+        try:
+            self.fbo.use()
+            ctx.enable(moderngl.DEPTH_TEST)
+            if mesh.cull_back_faces:
+                ctx.enable(moderngl.CULL_FACE)
+            else:
+                ctx.disable(moderngl.CULL_FACE)
+            for i, cam in enumerate(cameras):
+                self.program["mvp"].write(view_projection(cam, centre, radius).T.tobytes())  # GL is column-major
+                self.fbo.clear(*lighting.background, 1.0, depth=1.0)
+                vao.render(moderngl.TRIANGLES)
+                out[i] = self._read()
+        finally:
+            vao.release()
+            vbo.release()
+        return out
+
+    def _read(self) -> np.ndarray:
+        s, f = self.render_size, self.render_size // self.size
+        pixels = np.frombuffer(self.fbo.read(components=3), dtype=np.uint8).reshape(s, s, 3)[::-1]  # GL rows start at the bottom
+        if f == 1:
+            return pixels
+        # area downsampling: the mean of each f x f block
+        return pixels.reshape(self.size, f, self.size, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
