@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     root = Path(workdir).resolve() / "kfp"
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    # The subprocess runner warns that the components name a container image; locally that is by design.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom", category=RuntimeWarning)
     pipeline = make_pipeline(cfg)
     try:
         pipeline(config_json=cfg.to_json(), data_root=str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())

@@ -105,7 +105,9 @@ def cmd_run(args) -> dict:
         if sep:
             results.setdefault(method, {})[metric] = value
     print("\n== scenesearch run finished ==")
-    print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in run.step_seconds.items()))
+    order = ["ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"]
+    steps = sorted(run.step_seconds.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in steps) + f"; total {time.perf_counter() - t0:.1f}")
     for split in cfg.evaluate.splits:
         print(format_table(results, split, cfg.evaluate.k))
     print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")

@@ -26,14 +26,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import openskp
 import trimesh
+from PIL import Image
 
 RGB = tuple[int, int, int]
 Vec3 = Sequence[float]
 
 _INCH = 0.0254  # openskp's writer works in inches; our meshes are in metres
 _GROUND_THICKNESS = 0.2
-# Segments of round primitives: low, because a 64x64 render cannot show more and the .skp
-# writer costs ~0.1 ms per triangle.
+# Tessellation of round primitives: coarse, because small benchmark renders cannot show more
+# and openskp's writer costs about 0.1 ms per triangle.
 _DEFAULT_DETAIL = {"box": 0, "cylinder": 10, "cone": 10, "sphere": 1, "capsule": 6, "prism": 3}
 
 
@@ -119,11 +120,11 @@ class _Group:
     @property
     def rng(self) -> np.random.Generator:
         """The scene's random generator (the only source of variation)."""
-        return self._scene.rng
+        return self._scene._rng
 
     def tint(self, rgb: RGB, spread: int = 12) -> RGB:
-        """`rgb` with a random per-channel offset of up to +-`spread`, so no two parts match."""
-        offset = self._scene.rng.integers(-spread, spread + 1, size=3)
+        """`rgb` with a random per-channel offset of up to +-`spread`, so repeated parts differ."""
+        offset = self.rng.integers(-spread, spread + 1, size=3)
         return tuple(int(c) for c in np.clip(np.asarray(rgb) + offset, 0, 255))
 
     def group(self, at: Vec3 = (0.0, 0.0, 0.0), yaw: float = 0.0) -> _Group:
@@ -189,13 +190,11 @@ class _SceneParts(_Group):
 
     def __init__(self, rng: np.random.Generator) -> None:
         super().__init__(self, np.eye(4))
-        self.rng = rng
+        self._rng = rng
         self._vertices: list[np.ndarray] = []
         self._faces: list[np.ndarray] = []
         self._colors: list[np.ndarray] = []
         self._n_vertices = 0
-
-    rng = None  # shadows _Group.rng: the root stores the generator itself
 
     def append(self, shape: str, detail: int, matrix: np.ndarray, color: RGB) -> None:
         """Transform one unit primitive by `matrix` and store it with its colour."""
@@ -366,7 +365,8 @@ def _boat(g: _Group, length: float, color: RGB) -> None:
     else:
         mast = 0.9 * length
         g.add("cylinder", (0.12, mast, 0.12), (0, 0.6, 0.05 * length), g.tint((200, 200, 200), 5), detail=6)
-        g.add("prism", (0.05, 0.85 * mast, 0.55 * length), (0, 0.9, -0.25 * length + 0.05 * length), g.tint((245, 245, 235), 5))
+        # A prism's triangle spans its X and Y: turned by 90 degrees it stands in the boat's plane.
+        g.add("prism", (0.5 * length, 0.85 * mast, 0.04), (0, 0.9, -0.2 * length), g.tint((245, 245, 235), 5), yaw=math.pi / 2)
 
 
 def _building(g: _Group, width: float, depth: float, height: float, color: RGB) -> None:
@@ -381,9 +381,17 @@ def _building(g: _Group, width: float, depth: float, height: float, color: RGB) 
             g.add("box", (1.1, 1.4, 0.08), (x, 1.2 + 3.0 * floor, depth / 2), window)
     g.add("box", (1.2, 2.2, 0.1), (0, 0, depth / 2), g.tint((70, 50, 35), 8))
     if height < 9 and g.rng.random() < 0.6:
-        g.add("prism", (width + 0.3, 0.35 * width, depth + 0.3), (0, height, 0), g.tint((90, 60, 50), 10), yaw=math.pi / 2 * int(g.rng.integers(2)))
+        _gable_roof(g, width + 0.3, depth + 0.3, (0, height, 0), g.tint((90, 60, 50), 10), ridge_along_x=g.rng.random() < 0.5)
     else:
         g.add("box", (width + 0.2, 0.4, depth + 0.2), (0, height, 0), g.tint((90, 90, 95), 8))
+
+
+def _gable_roof(g: _Group, width: float, depth: float, at: Vec3, color: RGB, ridge_along_x: bool) -> None:
+    """A triangular-prism roof covering width x depth; its height follows the span it crosses."""
+    if ridge_along_x:  # the prism's ridge runs along its own Z: turn it and swap the footprint
+        g.add("prism", (depth, 0.4 * depth, width), at, color, yaw=math.pi / 2)
+    else:
+        g.add("prism", (width, 0.4 * width, depth), at, color)
 
 
 def _room_shell(g: _Group, width: float, depth: float, height: float, floor: RGB, wall: RGB) -> None:
@@ -412,7 +420,7 @@ def _build_bedroom(p: _SceneParts) -> None:
     _room_shell(p, width, depth, height, p.tint(_WOOD[2], 15), _pick(p, _WALL_PAINT, 8))
     side = rng.choice([-1, 1])
     bed_w, bed_l = rng.uniform(1.4, 1.9), rng.uniform(2.0, 2.2)
-    bed = p.group((side * rng.uniform(0.0, width / 2 - bed_w / 2 - 0.6), 0, -depth / 2 + bed_l / 2 + 0.05))
+    bed = p.group((side * (width / 2 - bed_w / 2 - rng.uniform(0.1, 0.8)), 0, -depth / 2 + bed_l / 2 + 0.05))
     frame = _pick(p, _WOOD)
     bed.add("box", (bed_w, 0.3, bed_l), (0, 0, 0), frame)
     bed.add("box", (bed_w + 0.1, 1.1, 0.08), (0, 0, -bed_l / 2), frame)
@@ -436,7 +444,7 @@ def _build_bedroom(p: _SceneParts) -> None:
         wardrobe.add("box", (wardrobe_w / 2 - 0.06, 1.95, 0.03), (sx * wardrobe_w / 4, 0.08, 0.3), p.tint(wood, 15))
         wardrobe.add("cylinder", (0.04, 0.3, 0.04), (sx * 0.08, 0.95, 0.33), p.tint((200, 200, 200), 5), detail=6)
     if rng.random() < 0.7:
-        _paint(p, rng.uniform(1.6, 2.6), rng.uniform(1.2, 1.8), (bed.rng.uniform(-0.5, 0.5), 0, rng.uniform(0.3, depth / 2 - 1.0)), _pick(p, _FABRIC, 25))
+        _paint(p, rng.uniform(1.6, 2.6), rng.uniform(1.2, 1.8), (rng.uniform(-0.5, 0.5), 0, rng.uniform(0.3, depth / 2 - 1.0)), _pick(p, _FABRIC, 25))
     if rng.random() < 0.7:
         window = p.group((-side * rng.uniform(0.0, width / 4), 1.0, -depth / 2))
         window.add("box", (1.3, 1.2, 0.06), (0, 0, 0), p.tint((245, 245, 245), 5))
@@ -464,7 +472,7 @@ def _build_kitchen(p: _SceneParts) -> None:
     fridge.beam((0.3, 0.9, 0.38), (0.3, 1.6, 0.38), 0.04, p.tint((60, 60, 60), 5))
     cabinet, top = _pick(p, _WOOD + ((235, 235, 230), (60, 90, 120)), 10), p.tint((70, 70, 75), 15)
     n_units = int((width - 1.0) / 0.6)
-    x0 = -fridge_side * (width / 2) + fridge_side * 0.6 * n_units / 2 * 0 - fridge_side * 0.0
+    x0 = -fridge_side * width / 2  # the run starts at the wall opposite the fridge
     sink_unit, stove_unit = rng.choice(n_units, size=2, replace=False)
     for i in range(n_units):
         x = x0 + fridge_side * (0.3 + 0.6 * i)
@@ -492,7 +500,8 @@ def _build_kitchen(p: _SceneParts) -> None:
     else:
         table.add("cylinder", (0.1, 0.72, 0.1), (0, 0, 0), table_color, detail=8)
         table.add("cylinder", (table_w * 0.7, 0.04, table_w * 0.7), (0, 0.72, 0), table_color, detail=16)
-        seats = [(0.75 * table_w * math.sin(a), 0.75 * table_w * math.cos(a)) for a in np.linspace(0, 2 * math.pi, 5)[:-1]]
+        seat_r = 0.35 * table_w + 0.45
+        seats = [(seat_r * math.sin(a), seat_r * math.cos(a)) for a in np.linspace(0, 2 * math.pi, 5)[:-1]]
     chair_color = _pick(p, _WOOD + _FABRIC[:2])
     for x, z in seats:
         if rng.random() < 0.85:
@@ -569,8 +578,8 @@ def _build_street(p: _SceneParts) -> None:
             for tz in np.arange(-length / 2 + 3.0 + lamp_spacing / 2, length / 2, lamp_spacing):
                 _round_tree(p.group((side * (road_w / 2 + walk_w * 0.6), 0.15, tz)), rng.uniform(4.0, 6.0))
     for lane in (-1, 1):
-        for z in _scatter(rng, int(rng.integers(1, 4)), 0.1, length / 2 - 4.0, 6.0):
-            _car(p.group((lane * road_w / 4, 0, z[1]), yaw=0.0 if lane > 0 else math.pi), _pick(p, _CAR_COLORS, 10))
+        for _, z in _scatter(rng, int(rng.integers(1, 4)), 0.1, length / 2 - 4.0, 6.0):
+            _car(p.group((lane * road_w / 4, 0, z), yaw=0.0 if lane > 0 else math.pi), _pick(p, _CAR_COLORS, 10))
 
 
 def _build_forest(p: _SceneParts) -> None:
@@ -620,8 +629,8 @@ def _build_bridge(p: _SceneParts) -> None:
             _round_tree(p.group((side * (river_w + bank_w) / 2 + x, bank_h, z)), rng.uniform(4.0, 7.0))
     span = river_w + 2 * bank_w - 2.0
     stone, steel = p.tint((150, 140, 125), 10), _pick(p, ((170, 45, 35), (225, 225, 220), (90, 95, 100), (60, 110, 80)), 10)
-    for side in (-1, 1):  # abutments carry the deck down to the bank
-        p.add("box", (3.0, deck_y - bank_h, deck_w), (side * (span / 2 - 1.5), bank_h, 0), stone)
+    for side in (-1, 1):  # embankments lift the road from the bank to the deck
+        p.add("box", (bank_w - 1.0, deck_y - bank_h, deck_w), (side * (river_w + bank_w - 1.0) / 2, bank_h, 0), stone)
     p.add("box", (span, 0.6, deck_w), (0, deck_y - 0.6, 0), p.tint((130, 130, 130), 8))
     _paint(p, span, deck_w - 1.2, (0, deck_y, 0), p.tint(_ASPHALT, 6))
     for z in (-deck_w / 2 + 0.1, deck_w / 2 - 0.1):
@@ -680,14 +689,14 @@ def _build_harbour(p: _SceneParts) -> None:
         shed_color = _pick(p, ((170, 60, 45), (60, 90, 140), (200, 190, 160), (120, 125, 130)), 12)
         shed_h = rng.uniform(4.0, 7.0)
         shed.add("box", (w, shed_h, quay_d * 0.6), (0, 0, 0), shed_color)
-        shed.add("prism", (w, rng.uniform(1.5, 2.5), quay_d * 0.6 + 0.2), (0, shed_h, 0), p.tint((90, 90, 95), 10), yaw=math.pi / 2 if w > quay_d * 0.6 else 0.0)
+        _gable_roof(shed, w + 0.2, quay_d * 0.6 + 0.2, (0, shed_h, 0), p.tint((90, 90, 95), 10), ridge_along_x=w > quay_d * 0.6)
         shed.add("box", (w * 0.4, shed_h * 0.6, 0.1), (0, 0, quay_d * 0.3), p.tint((60, 60, 60), 8))
         x += w + rng.uniform(1.0, 4.0)
     for bx in np.arange(-width / 2 + 2.0, width / 2 - 1.0, rng.uniform(3.0, 5.0)):
         p.add("capsule", (0.35, 0.6, 0.35), (bx, quay_h, quay_z - 0.4), p.tint((40, 40, 45), 5))
     wood = p.tint((125, 95, 65), 10)
     n_piers = int(rng.integers(2, 5))
-    pier_xs = np.linspace(-width / 2, width / 2, n_piers + 2)[1:-1] + rng.uniform(-2.0, 2.0, n_piers)
+    pier_xs = np.linspace(-width / 2, width / 2, n_piers + 2)[1:-1] + rng.uniform(-1.0, 1.0, n_piers)
     for px in pier_xs:
         pier_l = rng.uniform(10.0, depth - quay_d - 4.0)
         p.add("box", (3.0, 0.25, pier_l), (px, quay_h - 0.25, quay_z + pier_l / 2), wood)
@@ -752,7 +761,7 @@ def _build_park(p: _SceneParts) -> None:
     basin_d = rng.uniform(4.5, 7.0)
     ring_r = basin_d / 2 + 1.5
     for a in np.linspace(0, 2 * math.pi, 17)[:-1]:  # paved ring around the fountain
-        _paint(park, 2 * math.pi * ring_r / 16 + 0.3, path_w, (ring_r * math.sin(a), 0.005, ring_r * math.cos(a)), gravel, yaw=a + math.pi / 2)
+        _paint(park, 2 * math.pi * ring_r / 16 + 0.3, path_w, (ring_r * math.sin(a), 0.005, ring_r * math.cos(a)), gravel, yaw=a)
     stone, water = p.tint((180, 175, 165), 8), p.tint((90, 160, 210), 10)
     park.add("cylinder", (basin_d, 0.6, basin_d), (0, 0, 0), stone, detail=20)
     park.add("cylinder", (basin_d - 0.5, 0.05, basin_d - 0.5), (0, 0.55, 0), water, detail=20)
@@ -762,12 +771,21 @@ def _build_park(p: _SceneParts) -> None:
     for a in np.linspace(0, 2 * math.pi, int(rng.integers(4, 9)) + 1)[:-1] + math.pi / 4:
         r = ring_r + path_w / 2 + 0.6
         _bench(park.group((r * math.sin(a), 0, r * math.cos(a)), yaw=a + math.pi))
-    on_path = lambda x, z: min(abs(x), abs(z)) < path_w / 2 + 1.0 or math.hypot(x, z) < ring_r + path_w  # noqa: E731
-    trees = _scatter(rng, int(rng.integers(8, 20)), half - 1.5, half - 1.5, 4.0, lambda x, z: not on_path(x, z) and min(abs(x), abs(z)) > 2.5)
+    pond = None
+    if rng.random() < 0.4:  # small pond in one quadrant
+        pond = (float(rng.choice([-1, 1])) * half / 2, float(rng.choice([-1, 1])) * half / 2, rng.uniform(4.0, 7.0))
+        p.add("cylinder", (pond[2], 0.05, pond[2] * 0.7), (pond[0], 0.01, pond[1]), water, detail=16)
+
+    def on_path(x: float, z: float) -> bool:  # world (x, z) -> the turned park frame
+        lx, lz = math.cos(turn) * x - math.sin(turn) * z, math.sin(turn) * x + math.cos(turn) * z
+        in_pond = pond is not None and math.hypot(x - pond[0], z - pond[1]) < pond[2] / 2 + 1.5
+        return in_pond or min(abs(lx), abs(lz)) < path_w / 2 + 1.5 or math.hypot(lx, lz) < ring_r + path_w
+
+    trees = _scatter(rng, int(rng.integers(8, 20)), half - 1.5, half - 1.5, 4.0, lambda x, z: not on_path(x, z))
     for x, z in trees:
-        _round_tree(park.group((x, 0, z)), rng.uniform(4.0, 8.0))
-    for x, z in _scatter(rng, int(rng.integers(2, 5)), half - 3.0, half - 3.0, 3.0, lambda x, z: not on_path(x, z) and min(abs(x), abs(z)) > 3.5, trees):
-        bed = park.group((x, 0, z), yaw=rng.uniform(0, math.pi))
+        _round_tree(p.group((x, 0, z)), rng.uniform(4.0, 8.0))
+    for x, z in _scatter(rng, int(rng.integers(2, 5)), half - 2.5, half - 2.5, 3.0, lambda x, z: not on_path(x, z), trees):
+        bed = p.group((x, 0, z), yaw=rng.uniform(0, math.pi))
         bed.add("box", (2.4, 0.25, 1.4), (0, 0, 0), p.tint((100, 70, 45), 8))
         color = _pick(p, _FLOWERS, 10)
         for fx in (-0.8, 0.0, 0.8):
@@ -776,9 +794,6 @@ def _build_park(p: _SceneParts) -> None:
     for a in np.linspace(0, 2 * math.pi, 5)[:-1] + rng.uniform(0, 0.3):
         r = rng.uniform(ring_r + 4.0, half - 2.0)
         _lamp_post(park.group((r * math.sin(a) + path_w / 2 + 0.3, 0, r * math.cos(a))), rng.uniform(3.5, 4.5))
-    if rng.random() < 0.4:  # small pond in one quadrant
-        qx, qz = rng.choice([-1, 1]) * half / 2, rng.choice([-1, 1]) * half / 2
-        park.add("cylinder", (rng.uniform(4.0, 7.0), 0.05, rng.uniform(3.0, 5.0)), (qx, 0.01, qz), water, detail=16)
 
 
 def _build_parking_lot(p: _SceneParts) -> None:
@@ -811,11 +826,11 @@ def _build_parking_lot(p: _SceneParts) -> None:
                         facing += math.pi  # some drivers reverse in
                     car = p.group((x + rng.uniform(-0.15, 0.15), 0, row_z + rng.uniform(-0.2, 0.2)), yaw=facing + rng.uniform(-0.08, 0.08))
                     _car(car, _pick(p, _CAR_COLORS, 10))
-    if rng.random() < 0.6:  # store building at the back
+    if n_double == 1 and rng.random() < 0.6:  # store building at the back, where the rows leave room
         store_w = rng.uniform(14.0, width - 6.0)
         p.add("box", (store_w, rng.uniform(4.0, 6.0), 6.0), (rng.uniform(-3.0, 3.0), 0, -depth / 2 + 3.0), _pick(p, ((200, 195, 185), (150, 60, 50), (90, 110, 140)), 10))
         p.add("box", (store_w * 0.6, 2.4, 0.1), (0, 0, -depth / 2 + 6.0), p.tint(_GLASS, 8))
-    for x in (-width / 2 + 1.5, width / 2 - 1.5):
+    for x in (-width / 2 + 0.8, width / 2 - 0.8):
         if rng.random() < 0.6:
             for z in np.arange(-depth / 2 + 8.0, depth / 2 - 1.0, 6.0):
                 _round_tree(p.group((x, 0, z)), rng.uniform(3.5, 5.5))
@@ -840,7 +855,7 @@ def _build_stadium(p: _SceneParts) -> None:
     for x in (-pitch_l / 2, 0.0, pitch_l / 2):
         _paint(p, 0.15, pitch_w, (x, 0.02, 0), white)
     for t in np.linspace(0, 2 * math.pi, 17)[:-1]:
-        _paint(p, 0.9, 0.15, (2.0 * math.sin(t), 0.02, 2.0 * math.cos(t)), white, yaw=t + math.pi / 2)
+        _paint(p, 0.9, 0.15, (2.0 * math.sin(t), 0.02, 2.0 * math.cos(t)), white, yaw=t)
     for x in (-pitch_l / 2, pitch_l / 2):
         for z in (-1.8, 1.8):
             p.add("box", (0.12, 2.2, 0.12), (x, 0, z), white)
@@ -848,7 +863,8 @@ def _build_stadium(p: _SceneParts) -> None:
     if rng.random() < 0.5:  # running track between pitch and stands
         track = p.tint((170, 80, 60), 10)
         for t in np.linspace(0, 2 * math.pi, 33)[:-1]:
-            _paint(p, 2.2, 2 * math.pi * max(a, b) / 32 * 1.1, ((a - 1.3) * math.cos(t), 0, (b - 1.3) * math.sin(t)), track, yaw=-t)
+            ta, tb = a - 1.3, b - 1.3
+            _paint(p, 2.2, 2 * math.pi * max(ta, tb) / 32 * 1.1, (ta * math.cos(t), 0, tb * math.sin(t)), track, yaw=math.atan2(-ta * math.sin(t), tb * math.cos(t)))
     seat_colors = [_pick(p, ((180, 30, 40), (30, 60, 160), (230, 200, 40), (40, 130, 70), (230, 230, 230), (120, 40, 120)), 10) for _ in range(2)]
     n_seg = int(rng.integers(28, 40))
     front_tiers = int(rng.integers(1, 3))  # a low stand on the +Z side keeps the pitch visible
@@ -892,15 +908,15 @@ def _build_farm(p: _SceneParts) -> None:
         silo.add("cylinder", (silo_d, silo_h, silo_d), (0, 0, 0), metal, detail=14)
         silo.add("sphere", (silo_d, silo_d * 0.7, silo_d), (0, silo_h - silo_d * 0.35, 0), p.tint(metal, 10))
     # Crop field on the other side: long parallel rows on bare soil.
-    field_w, field_d = rng.uniform(10.0, 16.0), rng.uniform(12.0, 18.0)
-    field = p.group((-np.sign(barn_x) * (half - field_w / 2 - 1.0), 0, half - field_d / 2 - 1.0), yaw=rng.choice([0.0, math.pi / 2]) if field_w == field_d else 0.0)
+    field_w, field_d = rng.uniform(10.0, 15.0), rng.uniform(12.0, 18.0)
+    field = p.group((-np.sign(barn_x) * (half - field_w / 2 - 1.0), 0, half - field_d / 2 - 1.0))
     _paint(field, field_w, field_d, (0, 0, 0), p.tint((115, 80, 50), 8))
     crop = _pick(p, ((70, 140, 50), (200, 170, 60), (110, 160, 60)), 10)
     for x in np.arange(-field_w / 2 + 0.5, field_w / 2, rng.uniform(0.9, 1.4)):
         field.add("box", (0.45, rng.uniform(0.3, 0.8), field_d - 0.6), (x, 0, 0), crop)
     # Fenced paddock in front of the barn with a few cows.
     pad_w, pad_d = rng.uniform(10.0, 14.0), rng.uniform(8.0, 11.0)
-    paddock = p.group((barn_x * 0.6, 0, rng.uniform(2.0, half - pad_d / 2 - 1.0)))
+    paddock = p.group((np.sign(barn_x) * (pad_w / 2 + 0.5), 0, rng.uniform(2.0, half - pad_d / 2 - 1.0)))
     fence = p.tint((235, 235, 230) if rng.random() < 0.5 else (130, 100, 70), 8)
     corners = [(-pad_w / 2, -pad_d / 2), (pad_w / 2, -pad_d / 2), (pad_w / 2, pad_d / 2), (-pad_w / 2, pad_d / 2)]
     for (x0, z0), (x1, z1) in zip(corners, corners[1:] + corners[:1]):
@@ -921,7 +937,7 @@ def _build_farm(p: _SceneParts) -> None:
         yaw = rng.uniform(0, math.pi)
         d = (0.6 * math.sin(yaw), 0.6 * math.cos(yaw))
         p.beam((x - d[0], r, z - d[1]), (x + d[0], r, z + d[1]), 2 * r, p.tint((215, 180, 90), 10), shape="cylinder", detail=10)
-    for x, z in _scatter(rng, int(rng.integers(3, 8)), half - 1.0, half - 1.0, 4.0, lambda x, z: abs(x) > half * 0.7 or z < -half * 0.6):
+    for x, z in _scatter(rng, int(rng.integers(3, 8)), half - 1.0, half - 1.0, 4.0, lambda x, z: (abs(x) > half * 0.7 or z < -half * 0.6) and abs(x - barn_x) > barn_w / 2 + 2.0):
         _round_tree(p.group((x, 0, z)), rng.uniform(5.0, 8.0))
 
 
@@ -991,29 +1007,39 @@ def _encode_trimesh(mesh: trimesh.Trimesh, path: str, file_type: str) -> list[tu
 
 
 def _encode_obj(mesh: trimesh.Trimesh, path: str) -> list[tuple[str, bytes]]:
-    """OBJ plus an MTL named after it, one material per distinct face colour.
+    """OBJ + MTL + a palette PNG, all named after the OBJ's stem.
 
-    Materials (not OBJ vertex colours) because trimesh.load merges coincident vertices and
-    would blend the colours of touching parts; with one group per material it keeps them apart.
+    Colours travel as one textured material: a palette image with a 4x4-pixel block per
+    distinct face colour, and every vertex's UV at the centre of its face's block. Why not the
+    alternatives: OBJ vertex colours get blended where trimesh.load merges the coincident
+    vertices of touching parts, and plain per-colour materials (Kd only) lose their colour when
+    trimesh loads the file as a scene (``TextureVisuals.to_color`` samples images only). The
+    palette survives ``trimesh.load`` with ``force="mesh"`` and ``force="scene"`` alike, and UVs
+    at block centres read the same under nearest and bilinear sampling.
     """
     colors, inverse = _distinct_colors(mesh)
-    scene = trimesh.Scene()
-    for i, rgba in enumerate(colors):
-        face_ids = np.flatnonzero(inverse == i)
-        used, local_faces = np.unique(mesh.faces[face_ids], return_inverse=True)
-        name = _material_name(rgba)
-        part = trimesh.Trimesh(
-            vertices=mesh.vertices[used],
-            faces=local_faces.reshape(-1, 3),
-            visual=trimesh.visual.TextureVisuals(material=trimesh.visual.material.SimpleMaterial(name=name, diffuse=rgba)),
-            process=False,
-        )
-        scene.add_geometry(part, geom_name=name)
-    mtl_name = os.path.splitext(os.path.basename(path))[0] + ".mtl"
-    text, extra = trimesh.exchange.obj.export_obj(scene, include_normals=False, return_texture=True, mtl_name=mtl_name)
-    mtl_path = os.path.join(os.path.dirname(path), mtl_name)
-    # The MTL goes first so the OBJ never appears referencing a missing material library.
-    return [(mtl_path, extra[mtl_name]), (path, text.encode("utf-8"))]
+    block = 4
+    # A vertex is needed once per colour it carries: split shared vertices by colour.
+    corner_keys = np.stack([mesh.faces.reshape(-1), np.repeat(inverse, 3)], axis=1)
+    unique_keys, corner_ids = np.unique(corner_keys, axis=0, return_inverse=True)
+    u = (unique_keys[:, 1] * block + block / 2) / (len(colors) * block)
+    palette = np.repeat(np.repeat(colors[None, :, :], block, axis=1), block, axis=0)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    material = trimesh.visual.material.SimpleMaterial(
+        name=f"{stem}_palette", image=Image.fromarray(palette, mode="RGBA"), diffuse=(255, 255, 255, 255)
+    )
+    textured = trimesh.Trimesh(
+        vertices=np.asarray(mesh.vertices)[unique_keys[:, 0]],
+        faces=corner_ids.reshape(-1, 3),
+        visual=trimesh.visual.TextureVisuals(uv=np.column_stack([u, np.full(len(u), 0.5)]), material=material),
+        process=False,
+    )
+    mtl_name = f"{stem}.mtl"
+    text, extra = trimesh.exchange.obj.export_obj(textured, include_normals=False, return_texture=True, mtl_name=mtl_name)
+    directory = os.path.dirname(path)
+    # Companions first, so the OBJ never appears referencing a missing MTL or image.
+    companions = [(os.path.join(directory, name), data) for name, data in sorted(extra.items(), key=lambda item: item[0] == mtl_name)]
+    return [*companions, (path, text.encode("utf-8"))]
 
 
 def _encode_skp(mesh: trimesh.Trimesh, path: str) -> list[tuple[str, bytes]]:
@@ -1167,26 +1193,31 @@ def load_skp(path: str | os.PathLike) -> trimesh.Trimesh:
         scene = openskp.SkpFile.open(path).build_scene(include_curve_sets=False)
     except Exception as exc:  # the parser raises SkpParseError but also struct/Index/KeyErrors on bad bytes
         raise ValueError(f"cannot parse SketchUp file {path}: {type(exc).__name__}: {exc}") from exc
-    triangles, colors, primitive_ids, single_sided = [], [], [], []
+    vertices, faces, colors, primitive_ids, single_sided = [], [], [], [], []
+    n_vertices = 0
     for i, primitive in enumerate(scene.glb_primitives):
         positions = np.asarray(primitive.positions, dtype=np.float64).reshape(-1, 3)
-        faces = np.asarray(primitive.indices, dtype=np.int64).reshape(-1, 3)
-        if not len(faces):
+        indices = np.asarray(primitive.indices, dtype=np.int64).reshape(-1, 3)
+        if not len(indices):
             continue
         material = scene.gltf_materials[primitive.material_index]
         rgba = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.7, 0.7, 0.7, 1.0])
-        triangles.append(positions[faces])
-        colors.append(np.repeat([np.round(np.asarray(rgba, dtype=np.float64) * 255)], len(faces), axis=0))
-        primitive_ids.append(np.full(len(faces), i))
-        single_sided.append(np.full(len(faces), not material.get("doubleSided", False)))
-    if not triangles:
+        vertices.append(positions)
+        faces.append(indices + n_vertices)
+        colors.append(np.repeat([np.round(np.asarray(rgba, dtype=np.float64) * 255)], len(indices), axis=0))
+        primitive_ids.append(np.full(len(indices), i))
+        single_sided.append(np.full(len(indices), not material.get("doubleSided", False)))
+        n_vertices += len(positions)
+    if not faces:
         return trimesh.Trimesh()
-    all_triangles = np.concatenate(triangles)
-    keep = ~_back_face_mask(all_triangles, np.concatenate(primitive_ids), np.concatenate(single_sided))
-    kept = all_triangles[keep]
-    return trimesh.Trimesh(
-        vertices=kept.reshape(-1, 3),
-        faces=np.arange(3 * len(kept)).reshape(-1, 3),
+    all_vertices, all_faces = np.concatenate(vertices), np.concatenate(faces)
+    keep = ~_back_face_mask(all_vertices[all_faces], np.concatenate(primitive_ids), np.concatenate(single_sided))
+    mesh = trimesh.Trimesh(
+        vertices=all_vertices,
+        faces=all_faces[keep],
         face_colors=np.concatenate(colors)[keep].astype(np.uint8),
         process=False,
     )
+    mesh.remove_unreferenced_vertices()
+    return mesh
+

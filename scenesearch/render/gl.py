@@ -69,6 +69,7 @@ def gl_context():
     """
     global _CONTEXT
     if _CONTEXT is None:
+        _preload_torchvision()
         import moderngl
 
         try:
@@ -80,9 +81,23 @@ def gl_context():
     return _CONTEXT
 
 
+def _preload_torchvision() -> None:
+    """Load torchvision's native ops before Mesa's llvmpipe.
+
+    In the other order (an EGL context first, then `import torchvision`) the process segfaults
+    inside torchvision's library initialisation (torch 2.14 / Mesa 22.3), so any process that
+    renders and then extracts features (tests, notebooks, benchmarks) would crash.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:  # a render-only install without torch has nothing to clash with
+        pass
+
+
 def renderer_info() -> dict[str, str]:
     ctx = gl_context()
-    return {"gl_renderer": ctx.info["GL_RENDERER"], "gl_version": ctx.info["GL_VERSION"]}
+    with ctx:
+        return {"gl_renderer": ctx.info["GL_RENDERER"], "gl_version": ctx.info["GL_VERSION"]}
 
 
 class Renderer:
@@ -98,8 +113,9 @@ class Renderer:
             raise ValueError(f"render_size ({render_size}) must be a multiple of size ({size})")
         self.size, self.render_size = size, render_size
         self.ctx = gl_context()
-        self.program = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
-        self.fbo = self.ctx.simple_framebuffer((render_size, render_size), components=4)
+        with self.ctx:
+            self.program = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
+            self.fbo = self.ctx.simple_framebuffer((render_size, render_size), components=4)
 
     def __repr__(self) -> str:
         return f"Renderer(size={self.size}, render_size={self.render_size})"
@@ -110,6 +126,13 @@ class Renderer:
         Returns:
             (len(cameras), size, size, 3) uint8.
         """
+        # Every GL call runs inside `with self.ctx`: another GL user in the process (pyrender, a
+        # viewer) may have switched or released the current context, and drawing would then
+        # silently go nowhere.
+        with self.ctx:
+            return self._render(mesh, cameras, lighting)
+
+    def _render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting) -> np.ndarray:
         import moderngl
 
         ctx = self.ctx

@@ -141,10 +141,17 @@ def _trimesh_colours(geom) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(face_rgb, vertex_rgb), one of them set, floats in [0, 1]."""
     visual = geom.visual
     if visual.kind == "texture":
-        try:
-            visual = visual.to_color()  # samples the texture at each vertex's UV
-        except Exception:
-            return None, None
+        material = visual.material
+        has_image = getattr(material, "image", None) is not None or getattr(material, "baseColorTexture", None) is not None
+        if has_image and visual.uv is not None:
+            try:
+                visual = visual.to_color()  # samples the texture at each vertex's UV
+            except Exception:  # an unreadable texture: fall back to the material's colour
+                has_image = False
+        if not has_image:
+            # A material without an image (OBJ's Kd, glTF's baseColorFactor) colours the whole part.
+            rgb = np.asarray(material.main_color, dtype=np.float64)[:3] / 255.0
+            return np.broadcast_to(rgb, (len(geom.faces), 3)), None
     if visual.kind == "face":
         return np.asarray(visual.face_colors)[:, :3] / 255.0, None
     if visual.kind == "vertex":

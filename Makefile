@@ -1,0 +1,61 @@
+# scenesearch: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PRESET ?= default
+
+# Caches stay inside the project; MLflow sends no telemetry.
+export TORCH_HOME := $(CURDIR)/.cache/torch
+export XDG_CACHE_HOME := $(CURDIR)/.cache
+export MESA_SHADER_CACHE_DIR := $(CURDIR)/.cache/mesa
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup system-deps run test test-fast bench compile ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps: ## EGL/Mesa for the OpenGL renderer (apt-get, when missing and allowed)
+	@if ! ldconfig -p | grep -q 'libEGL_mesa.so'; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; \
+		else echo "install Mesa's EGL first: sudo apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri" >&2; exit 1; fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: system-deps $(VENV)/.installed ## install into .venv (pinned versions from requirements.lock)
+
+run: setup ## run the whole DAG on the embedded default through KFP local execution
+	$(VENV)/bin/scenesearch run --preset $(PRESET)
+
+test: setup ## the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: setup ## the unit tests only
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup ## print the speed figures (render vs pyrender, features vs a bare loop, evaluate)
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) bench/bench_render.py
+	$(PY) bench/bench_features.py
+	$(PY) bench/bench_evaluate.py
+
+compile: setup ## write the pipeline IR YAML to dist/
+	$(VENV)/bin/scenesearch compile --preset $(PRESET)
+
+ui: setup ## open the MLflow UI on the local store (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000 --workers 1
+
+clean: ## remove run outputs (keeps .venv and the generated datasets)
+	rm -rf runs dist mlruns.db mlartifacts .pytest_cache

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+from scenesearch.errors import DataError
+from scenesearch.retrieval import arrange, min_view_cosine_distances
+
+
+def test_matches_a_direct_loop_and_is_chunk_invariant():
+    g = torch.Generator().manual_seed(0)
+    q, s = torch.randn(7, 5, generator=g), torch.randn(11, 4, 5, generator=g)
+    expected = torch.tensor([[min(1 - torch.nn.functional.cosine_similarity(q[i], s[j, v], dim=0).item() for v in range(4)) for j in range(11)] for i in range(7)])
+    for chunk in (1, 3, 256):
+        assert torch.allclose(min_view_cosine_distances(q, s, chunk=chunk), expected, atol=1e-5)
+
+
+def test_arrange_groups_views_per_scene():
+    index = {
+        "item_id": ["s1", "s1", "s2", "s2", "q1", "q1"],
+        "label": ["a", "a", "b", "b", "a", "a"],
+        "split": ["train"] * 4 + ["test"] * 2,
+        "domain": ["scene"] * 4 + ["query"] * 2,
+        "flip": [False, True, False, True, False, True],
+    }
+    feats = np.arange(12, dtype=np.float32).reshape(6, 2)
+    r = arrange(feats, index)
+    assert r.scene_feats.shape == (2, 2, 2) and r.query_feats.shape == (1, 2)  # the query's flip is not a query
+    assert r.scenes["item_id"] == ["s1", "s2"] and r.queries["label"] == ["a"]
+    with pytest.raises(DataError, match="retrieval needs queries and scenes"):
+        arrange(feats[:4], {k: v[:4] for k, v in index.items()})
