@@ -12,7 +12,7 @@ scene facing +Z (indoor rooms have no front wall and no ceiling, so a camera on 
 towards -Z sees inside). Scenes span roughly 5-60 m and stay well under 30k faces.
 
 Besides the builders the module writes scenes in any format the benchmark ingests (GLB, OBJ+MTL,
-PLY, STL, OFF and SketchUp .skp) and reads .skp back into a trimesh mesh.
+PLY, STL, OFF and SketchUp .skp); reading them back is the renderer's job (scenesearch.render.mesh).
 """
 
 from __future__ import annotations
@@ -1101,7 +1101,7 @@ def write_scene(mesh: trimesh.Trimesh, path: str | os.PathLike) -> None:
     .glb (vertex colours), .obj (+ .mtl of the same stem beside it, one material per face colour;
     ``trimesh.load`` returns texture visuals whose ``to_color()`` gives the colours back), .ply
     (face colours), .stl and .off (geometry only), .skp (openskp writer; one material per colour,
-    metres -> inches and Y-up -> Z-up; read it back with `load_skp`).
+    metres -> inches and Y-up -> Z-up; read it back with `scenesearch.render.load_mesh`).
 
     Args:
         mesh: a mesh with per-face colours, e.g. from `build_scene`.
@@ -1117,107 +1117,3 @@ def write_scene(mesh: trimesh.Trimesh, path: str | os.PathLike) -> None:
     if encoder is None:
         raise ValueError(f"cannot write {path}: unsupported extension {extension!r} (supported: {', '.join(_ENCODERS)})")
     _replace_atomically(encoder(mesh, path))
-
-
-def _back_face_mask(triangles: np.ndarray, primitive_ids: np.ndarray, single_sided: np.ndarray) -> np.ndarray:
-    """Mark the back-side copies openskp emits for faces whose two sides differ in colour.
-
-    Such a face comes out twice, in two single-sided primitives: front-wound with the front
-    material and reverse-wound with the back material. Geometry alone cannot say which copy is
-    the front, so for each twin pair the copy in the primitive that is twinned with more other
-    primitives is taken as the back (SketchUp's unpainted back sides share one colour, so that
-    primitive twins with every front colour); on a tie the later-emitted primitive's copy is,
-    because openskp emits a face's front group before its back group.
-
-    Args:
-        triangles: (T, 3, 3) corner positions.
-        primitive_ids: (T,) index of each triangle's primitive.
-        single_sided: (T,) True where the primitive's material is not double-sided.
-
-    Returns:
-        (T,) bool, True for triangles to drop.
-    """
-    drop = np.zeros(len(triangles), dtype=bool)
-    candidates = np.flatnonzero(single_sided)
-    if len(candidates) < 2:
-        return drop
-    quantised = np.round(triangles[candidates] / 1e-5).astype(np.int64).reshape(-1, 3)
-    vertex_ids = np.unique(quantised, axis=0, return_inverse=True)[1].reshape(-1, 3)
-    order = np.argsort(vertex_ids, axis=1, kind="stable")
-    key = np.take_along_axis(vertex_ids, order, axis=1)
-    # Even permutations of the sorted corners keep the winding of the sorted order.
-    even = (order[:, 1] - order[:, 0]) % 3 == 1
-    group = np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)
-    twins: dict[int, tuple[list[int], list[int]]] = {}
-    for position in np.argsort(group, kind="stable"):
-        twins.setdefault(int(group[position]), ([], []))[0 if even[position] else 1].append(int(candidates[position]))
-    pairs = [(a, b) for a, b in twins.values() if a and b]
-    partners: dict[int, set[int]] = {}
-    for side_a, side_b in pairs:
-        for ta in side_a:
-            for tb in side_b:
-                partners.setdefault(int(primitive_ids[ta]), set()).add(int(primitive_ids[tb]))
-                partners.setdefault(int(primitive_ids[tb]), set()).add(int(primitive_ids[ta]))
-
-    def backness(side: list[int]) -> tuple[int, int]:
-        prims = {int(primitive_ids[t]) for t in side}
-        return max(len(partners[q]) for q in prims), min(prims)
-
-    for side_a, side_b in pairs:
-        drop[side_a if backness(side_a) > backness(side_b) else side_b] = True
-    return drop
-
-
-def load_skp(path: str | os.PathLike) -> trimesh.Trimesh:
-    """Read a SketchUp file into one mesh with per-face colours (front faces only).
-
-    Faces whose two sides share a colour (all files `write_scene` makes) come out once; for
-    faces with differently coloured sides openskp adds reverse-wound back copies, which are
-    dropped (see `_back_face_mask` for how the back copy is told apart).
-
-    Args:
-        path: a .skp file.
-
-    Returns:
-        Y-up metres, faces coloured by their materials' base colour (RGBA uint8), vertices of
-        different primitives not merged. A file without faces gives an empty mesh.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: openskp cannot parse the file (the message names it).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no such SketchUp file: {path}")
-    try:
-        scene = openskp.SkpFile.open(path).build_scene(include_curve_sets=False)
-    except Exception as exc:  # the parser raises SkpParseError but also struct/Index/KeyErrors on bad bytes
-        raise ValueError(f"cannot parse SketchUp file {path}: {type(exc).__name__}: {exc}") from exc
-    vertices, faces, colors, primitive_ids, single_sided = [], [], [], [], []
-    n_vertices = 0
-    for i, primitive in enumerate(scene.glb_primitives):
-        positions = np.asarray(primitive.positions, dtype=np.float64).reshape(-1, 3)
-        indices = np.asarray(primitive.indices, dtype=np.int64).reshape(-1, 3)
-        if not len(indices):
-            continue
-        material = scene.gltf_materials[primitive.material_index]
-        rgba = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.7, 0.7, 0.7, 1.0])
-        vertices.append(positions)
-        faces.append(indices + n_vertices)
-        colors.append(np.repeat([np.round(np.asarray(rgba, dtype=np.float64) * 255)], len(indices), axis=0))
-        primitive_ids.append(np.full(len(indices), i))
-        single_sided.append(np.full(len(indices), not material.get("doubleSided", False)))
-        n_vertices += len(positions)
-    if not faces:
-        return trimesh.Trimesh()
-    all_vertices, all_faces = np.concatenate(vertices), np.concatenate(faces)
-    keep = ~_back_face_mask(all_vertices[all_faces], np.concatenate(primitive_ids), np.concatenate(single_sided))
-    mesh = trimesh.Trimesh(
-        vertices=all_vertices,
-        faces=all_faces[keep],
-        face_colors=np.concatenate(colors)[keep].astype(np.uint8),
-        process=False,
-    )
-    mesh.remove_unreferenced_vertices()
-    return mesh
-

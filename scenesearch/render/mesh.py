@@ -172,17 +172,15 @@ def _trimesh_camera(scene) -> Camera | None:
 def _load_skp(path: Path, data: bytes) -> SceneMesh:
     import openskp
 
-    # openskp parses from a path; give it the bytes we already hold when the path is not real.
-    if path.is_file():
-        skp = openskp.SkpFile.open(str(path))
-    else:
-        import tempfile
+    # openskp parses from a path (twice: parse, then build_scene); hand it the bytes we hold.
+    import tempfile
 
-        with tempfile.NamedTemporaryFile(suffix=".skp", delete=False) as f:
-            f.write(data)
-        skp = openskp.SkpFile.open(f.name)
-    model = skp.parse()
-    baked = skp.build_scene(include_curve_sets=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "scene.skp"
+        copy.write_bytes(data)
+        skp = openskp.SkpFile.open(str(copy))
+        model = skp.parse()
+        baked = skp.build_scene(include_curve_sets=False)
     colours = np.array(
         [m.get("pbrMetallicRoughness", {}).get("baseColorFactor", [0.7, 0.7, 0.7, 1.0])[:3] for m in baked.gltf_materials] or [DEFAULT_GREY],
         dtype=np.float32,

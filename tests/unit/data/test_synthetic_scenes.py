@@ -11,6 +11,8 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from scenesearch.data import synthetic_scenes as ss
+from scenesearch.errors import ItemError
+from scenesearch.render import load_mesh
 
 
 def _scene(label: str, seed: int = 0) -> trimesh.Trimesh:
@@ -119,14 +121,21 @@ def test_obj_brings_its_companions_and_leaves_no_temporary_files(tmp_path, scene
     assert geometry.visual.to_color().kind == "vertex"
 
 
+def _as_trimesh(scene) -> trimesh.Trimesh:
+    """The renderer's triangle soup as a trimesh with face colours, to compare with the original."""
+    faces = np.arange(len(scene.positions)).reshape(-1, 3)
+    colours = np.round(scene.colours[::3] * 255).astype(np.uint8)
+    return trimesh.Trimesh(scene.positions, faces, face_colors=colours, process=False)
+
+
 @pytest.mark.parametrize("label", ["bedroom", "stadium"])
 def test_skp_round_trip_keeps_faces_bounds_colours_and_orientation(tmp_path, label, scenes):
     mesh = scenes[label]
     path = tmp_path / f"{label}.skp"
     ss.write_scene(mesh, path)
     assert os.listdir(tmp_path) == [f"{label}.skp"]
-    loaded = ss.load_skp(path)
-    assert len(loaded.faces) == len(mesh.faces)  # front faces only, no back-face copies
+    loaded = _as_trimesh(load_mesh(path))
+    assert len(loaded.faces) == len(mesh.faces)  # both sides share one material: no back-face copies
     np.testing.assert_allclose(loaded.bounds, mesh.bounds, atol=1e-3)
     _assert_same_coloured_faces(mesh, loaded, tolerance=1e-3)
     # Y-up and winding survive: each loaded face points the same way as the original face there.
@@ -135,27 +144,31 @@ def test_skp_round_trip_keeps_faces_bounds_colours_and_orientation(tmp_path, lab
     assert np.median(agreement) > 0.99
 
 
-def test_load_skp_drops_unpainted_back_faces(tmp_path):
-    """Files from other tools paint only the front; openskp then adds reverse-wound back copies."""
+def test_skp_with_unpainted_backs_keeps_painted_fronts_facing_out(tmp_path):
+    """Files from other tools paint only the front; openskp adds reverse-wound back copies, which
+    the renderer keeps and culls (SketchUp stores both sides explicitly)."""
     builder = openskp.create()
     red, green = builder.add_material("red", (200, 0, 0)), builder.add_material("green", (0, 150, 0))
     for i, material in enumerate([red, green, red]):
         builder.add_face([(i * 10.0, 0.0, 0.0), (i * 10.0 + 5.0, 0.0, 0.0), (i * 10.0, 0.0, 5.0)], material=material)
     builder.save(str(tmp_path / "painted.skp"))
-    loaded = ss.load_skp(tmp_path / "painted.skp")
-    assert len(loaded.faces) == 3
-    assert sorted(tuple(c[:3]) for c in np.asarray(loaded.visual.face_colors)) == [(0, 150, 0), (200, 0, 0), (200, 0, 0)]
+    scene = load_mesh(tmp_path / "painted.skp")
+    assert scene.cull_back_faces
+    loaded = _as_trimesh(scene)
     # SketchUp's front normal (0, -1, 0) is +Z once converted to Y up.
-    np.testing.assert_allclose(loaded.face_normals, [[0.0, 0.0, 1.0]] * 3, atol=1e-6)
+    front = np.isclose(loaded.face_normals[:, 2], 1.0, atol=1e-6)
+    assert front.sum() == 3
+    assert sorted(tuple(c[:3]) for c in np.asarray(loaded.visual.face_colors)[front]) == [(0, 150, 0), (200, 0, 0), (200, 0, 0)]
 
 
-def test_load_skp_names_an_unparsable_file(tmp_path):
+def test_unparsable_skp_is_named(tmp_path):
     bad = tmp_path / "broken.skp"
     bad.write_bytes(b"not a sketchup file at all")
-    with pytest.raises(ValueError, match="broken.skp"):
-        ss.load_skp(bad)
-    with pytest.raises(FileNotFoundError):
-        ss.load_skp(tmp_path / "missing.skp")
+    with pytest.raises(ItemError, match="broken.skp"):
+        load_mesh(bad)
+    with pytest.raises(ItemError, match="missing.skp: cannot read the file"):
+        load_mesh(tmp_path / "missing.skp")
+
 
 
 def test_unsupported_extension_is_refused(tmp_path, scenes):
