@@ -1,7 +1,7 @@
 """The one place the components' container image is named.
 
-A run uses the image of its own commit: `make images` tags images with the git commit and
-exports SCENESEARCH_IMAGE before compiling; locally the subprocess runner ignores images.
+Set SCENESEARCH_IMAGE before compiling to name the image a cluster run uses (building and
+tagging images per commit comes with the cluster issue); locally the subprocess runner ignores it.
 """
 
 import os

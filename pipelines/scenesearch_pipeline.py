@@ -47,6 +47,7 @@ def make_pipeline(cfg: RunConfig):
             images=pre.outputs["images"],
             **common,
         )
+        ev.after(sim)  # evaluate closes the parent MLflow run: every other task must be done by then
         # Every task logs into this run's MLflow parent, so a cached task would leave a hole in it.
         for task in (run, ing, ren, pre, fea, sim, ret, ev):
             task.set_caching_options(False)
@@ -56,9 +57,12 @@ def make_pipeline(cfg: RunConfig):
 
 def compile_pipeline(cfg: RunConfig, path) -> Path:
     """Write the pipeline's IR YAML to `path`."""
+    from scenesearch import storage
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(make_pipeline(cfg), str(path))
+    with storage.atomic_path(path) as tmp:
+        compiler.Compiler().compile(make_pipeline(cfg), str(tmp.with_suffix(".yaml")))
+        tmp.with_suffix(".yaml").replace(tmp)  # the compiler picks the format from the suffix
     return path
 
 

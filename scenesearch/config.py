@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +123,9 @@ class EvaluateConfig:
     gallery_top: int = 5
 
     def validate(self) -> None:
-        _positive(self, "k", "gallery_top")
+        _positive(self, "k", "gallery_queries", "gallery_top")
+        if not self.splits:
+            raise ConfigError("evaluate.splits must name at least one of train, val, test, all")
         for s in self.splits:
             _choice(s, ("train", "val", "test", "all"), "evaluate.splits")
 
@@ -281,8 +282,6 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    if isinstance(tp, types.UnionType):  # pragma: no cover - no unions in the config today
         return value
     return value
 

@@ -7,7 +7,6 @@ describes image i.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +74,12 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
     Raises:
         DataError: nothing could be preprocessed.
     """
-    from PIL import Image
-
     manifest = {r["item_id"]: r for r in storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()}
     views = storage.read_table(Path(views_dir) / "views.parquet").to_pylist()
     sources: list[tuple[dict, int, np.ndarray]] = []
     rejected = []
     for v in views:
-        sources.append((manifest[v["item_id"]], v["view"], np.array(Image.open(io.BytesIO(v["png"])).convert("RGB"))))
+        sources.append((manifest[v["item_id"]], v["view"], decode_image(v["item_id"], v["png"])))
     for r in manifest.values():
         if r["domain"] != "query":
             continue

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from scenesearch import storage
 from scenesearch.errors import DataError
 
+if TYPE_CHECKING:  # torch is imported where it is used, so loading a config never pays for it
+    import torch
 
-def min_view_cosine_distances(queries: torch.Tensor, scenes: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+
+def min_view_cosine_distances(queries: "torch.Tensor", scenes: "torch.Tensor", chunk: int = 256) -> "torch.Tensor":
     """D[q, s] = min over views v of 1 - cos(queries[q], scenes[s, v]).
 
     Args:
@@ -30,6 +32,7 @@ def min_view_cosine_distances(queries: torch.Tensor, scenes: torch.Tensor, chunk
     Returns:
         (Q, S) float32 tensor on the inputs' device.
     """
+    import torch
     q = torch.nn.functional.normalize(queries.float(), dim=1)
     s = torch.nn.functional.normalize(scenes.float(), dim=2)
     out = torch.empty((len(q), len(s)), dtype=torch.float32, device=q.device)
@@ -76,6 +79,8 @@ def arrange(features: np.ndarray, index: dict) -> RetrievalInputs:
 
 
 def vgg_baseline(inputs: RetrievalInputs, seed: int) -> np.ndarray:
+    import torch
+
     return min_view_cosine_distances(torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats)).numpy()
 
 

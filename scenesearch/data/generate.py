@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from scenesearch import storage
 from scenesearch.config import DataConfig
+from scenesearch.data.ingest import GENERATED_MARKER
 from scenesearch.data.synthetic_scenes import SCENE_CLASSES, build_scene, write_scene
-from scenesearch.errors import ConfigError
+from scenesearch.errors import ConfigError, DataError
 
 PHOTO_SIZE = 128
+MARKER = GENERATED_MARKER  # only a folder carrying it may be regenerated in place
 
 
 def scene_format(index: int) -> str:
@@ -41,12 +44,15 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
 
     Raises:
         ConfigError: more classes asked for than the generator knows.
+        DataError: `root` holds files that the generator did not write.
     """
     from tqdm import tqdm
 
     if cfg.n_classes > len(SCENE_CLASSES):
         raise ConfigError(f"data.n_classes must be <= {len(SCENE_CLASSES)} for the embedded benchmark, got {cfg.n_classes}")
     root = Path(root)
+    if root.exists() and any(root.iterdir()) and not (root / MARKER).is_file():
+        raise DataError(f"{root} exists and was not made by `scenesearch generate`; choose an empty or new folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     n_scenes = n_queries = 0
@@ -62,8 +68,9 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
                 if j % max(1, math.ceil(cfg.queries_per_class / cfg.query_scenes_per_class)) == 0:
                     held_out = build_scene(label, rng)  # a new scene, never written to the gallery
                 photo = query_photo(held_out, rng)
-                _save_png(photo, tmp / "queries" / label / f"{label}_q{j:03d}.png")
+                (tmp / "queries" / label / f"{label}_q{j:03d}.png").write_bytes(storage.png_bytes(photo))
                 n_queries += 1
+        (tmp / MARKER).write_text(f"seed={seed}\n")
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -101,9 +108,3 @@ def query_photo(mesh, rng: np.random.Generator) -> np.ndarray:
     img = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2)))), dtype=np.float64)
     img += rng.normal(0, rng.uniform(2, 8), img.shape)  # sensor noise
     return np.clip(img, 0, 255).round().astype(np.uint8)
-
-
-def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(image).save(path, format="PNG")

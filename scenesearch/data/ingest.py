@@ -33,6 +33,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # Files that may sit beside scenes without being scenes: OBJ materials, textures, glTF buffers.
 COMPANION_EXTENSIONS = (".mtl", ".png", ".jpg", ".jpeg", ".bin")
 SPLITS = ("train", "val", "test")
+GENERATED_MARKER = ".scenesearch-generated"  # written by `scenesearch generate` at the root
+METADATA_FILES = ("splits.csv", "classes.txt", GENERATED_MARKER)
 DOMAINS = {"scenes": "scene", "queries": "query"}
 
 MANIFEST_SCHEMA = pa.schema(
@@ -91,7 +93,7 @@ def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
         uri = str(base / rel)
         parts = rel.split("/")
         if parts[0] not in DOMAINS:
-            if rel not in ("splits.csv", "classes.txt"):
+            if rel not in METADATA_FILES:
                 rejected.append((uri, f"{rel} is outside scenes/ and queries/"))
             continue
         domain = DOMAINS[parts[0]]
@@ -142,17 +144,18 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
     Raises:
         ItemError: empty, truncated or undecodable bytes.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
         raise ItemError(f"{name}: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)  # phone photos carry their rotation in EXIF
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grey: scale to 8 bits rather than clip
+                # 16-bit grey: scale to 8 bits rather than clip (mode I has no fixed range: use its peak)
                 arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
+                peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 im = Image.fromarray((arr * 255.0 / peak).round().astype(np.uint8))
             if im.mode in ("RGBA", "LA", "P", "PA"):
                 im = im.convert("RGBA")
@@ -161,7 +164,7 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
             return np.array(im.convert("RGB"))
     except UnidentifiedImageError:
         raise ItemError(f"{name}: the image cannot be decoded (unknown or corrupt image format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ItemError(f"{name}: the image cannot be decoded ({e})") from None
 
 
@@ -234,11 +237,29 @@ def assign_splits(rows: list[dict], fractions: tuple[float, float, float], seed:
         items.sort(key=lambda r: r["item_id"])
         key = int.from_bytes(hashlib.sha256(f"{seed}/{domain}/{label}".encode()).digest()[:8], "little")
         order = np.random.default_rng(key).permutation(len(items))
-        n = len(items)
-        n_train = int(round(fractions[0] * n))
-        n_val = int(round(fractions[1] * n))
+        counts = split_counts(len(items), fractions)
+        names = np.repeat(np.array(SPLITS), counts)
         for rank, idx in enumerate(order):
-            items[idx]["split"] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            items[idx]["split"] = str(names[rank])
+
+
+def split_counts(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """Items per split: largest-remainder rounding of n * fractions.
+
+    A split with fraction 0 gets nothing; every other split gets at least one item when n allows
+    (taken from the largest split), so small classes still have val and test items.
+    """
+    exact = np.asarray(fractions, dtype=np.float64) * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    wanted = np.flatnonzero(np.asarray(fractions) > 0)
+    if n >= len(wanted):
+        for i in wanted:
+            if counts[i] == 0:
+                counts[np.argmax(counts)] -= 1
+                counts[i] = 1
+    return counts.tolist()
 
 
 def fingerprint(manifest: pa.Table) -> str:

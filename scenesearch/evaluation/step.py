@@ -19,6 +19,7 @@ import pyarrow as pa
 from scenesearch import storage
 from scenesearch.config import EvaluateConfig
 from scenesearch.data.ingest import REJECTED_SCHEMA, decode_image
+from scenesearch.errors import DataError
 from scenesearch.evaluation.metrics import per_class_metrics, pr_curve, retrieval_metrics
 from scenesearch.evaluation.plots import plot_gallery, plot_pr_curves
 from scenesearch.preprocess import preprocess_images
@@ -66,14 +67,19 @@ def run(
         results[method] = {}
         for split in cfg.splits:
             mask = split_mask(q_splits, split)
-            if not mask.any():
+            if not mask.any():  # e.g. classes too small for a val split: report the others
                 continue
-            m = retrieval_metrics(d[mask], q_labels[mask], s_labels, k=cfg.k)
+            try:
+                m = retrieval_metrics(d[mask], q_labels[mask], s_labels, k=cfg.k)
+            except ValueError as e:  # no query of this split has a scene of its class left
+                raise DataError(f"cannot evaluate the {split} queries: {e}") from None
             results[method].update({metric_key(split, k): float(v) for k, v in m.items()})
             if split == report_split:
                 for row in per_class_metrics(d[mask], q_labels[mask], s_labels, k=cfg.k):
                     class_rows.append({"method": method, "split": split, **row})
                 curves[method] = pr_curve(d[mask], q_labels[mask], s_labels)
+    if not any(results.values()):
+        raise DataError(f"no query in the evaluated splits ({', '.join(cfg.splits)})")
     dst.mkdir(parents=True, exist_ok=True)
     artifacts = [
         _write_json(dst / "metrics.json", results),
@@ -84,8 +90,8 @@ def run(
         plot_pr_curves(curves, dst / "pr_curve.png")
         artifacts.append(str(dst / "pr_curve.png"))
     gallery_method = next((m for m in methods if m != "random"), None)
-    if gallery_method is not None:
-        mask = split_mask(q_splits, report_split)
+    mask = split_mask(q_splits, report_split)
+    if gallery_method is not None and mask.any():
         artifacts.append(
             _gallery(storage.read_array(src / f"distances_{gallery_method}.npy"), queries, scenes, mask, manifest_dir, views_dir, cfg, dst / "gallery.png")
         )
@@ -129,8 +135,6 @@ def format_table(results: dict[str, dict[str, float]], split: str, k: int) -> st
 
 def _gallery(d, queries, scenes, mask, manifest_dir, views_dir, cfg: EvaluateConfig, path: Path) -> str:
     """Top-k renders (view 0) for one query of each class in the reported split, wrong class marked."""
-    from PIL import Image
-
     manifest = {r["item_id"]: r for r in storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()}
     views = storage.read_table(Path(views_dir) / "views.parquet").to_pydict()
     first_view = {i: p for i, v, p in zip(views["item_id"], views["view"], views["png"]) if v == 0}
@@ -144,7 +148,7 @@ def _gallery(d, queries, scenes, mask, manifest_dir, views_dir, cfg: EvaluateCon
         raw = decode_image(queries["item_id"][i], storage.read_bytes(manifest[queries["item_id"][i]]["uri"]))
         q_imgs.append((preprocess_images([raw], 64, flips=False)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
-        ranked_imgs.append([np.asarray(Image.open(io.BytesIO(first_view[scenes["item_id"][j]])).convert("RGB")) for j in top])
+        ranked_imgs.append([decode_image(scenes["item_id"][j], first_view[scenes["item_id"][j]]) for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
     plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path)
     return str(path)

@@ -54,7 +54,6 @@ def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0)
     index = storage.read_table(src / "index.parquet")
     train = np.asarray(index.column("split").to_pylist()) == "train"
     device = resolve_device(cfg.device)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     model = build_descriptor(cfg.weights, seed)
     start = time.perf_counter()
     desc = extract(model, images, cfg.batch_size, device, cfg.input_size).numpy()

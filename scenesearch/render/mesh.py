@@ -142,13 +142,15 @@ def _trimesh_colours(geom) -> tuple[np.ndarray | None, np.ndarray | None]:
     visual = geom.visual
     if visual.kind == "texture":
         material = visual.material
+        sampled = False
         has_image = getattr(material, "image", None) is not None or getattr(material, "baseColorTexture", None) is not None
         if has_image and visual.uv is not None:
             try:
                 visual = visual.to_color()  # samples the texture at each vertex's UV
+                sampled = True
             except Exception:  # an unreadable texture: fall back to the material's colour
-                has_image = False
-        if not has_image:
+                pass
+        if not sampled:
             # A material without an image (OBJ's Kd, glTF's baseColorFactor) colours the whole part.
             rgb = np.asarray(material.main_color, dtype=np.float64)[:3] / 255.0
             return np.broadcast_to(rgb, (len(geom.faces), 3)), None
@@ -161,7 +163,7 @@ def _trimesh_colours(geom) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 def _trimesh_camera(scene) -> Camera | None:
     """The glTF file's own camera, if it carries one (trimesh keeps it as the scene camera)."""
-    if "camera" not in scene.graph.nodes or not scene.has_camera:
+    if not scene.has_camera:
         return None
     pose = np.asarray(scene.camera_transform, dtype=np.float64)
     eye = pose[:3, 3]

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import moderngl
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -58,6 +59,9 @@ def run(manifest_dir: str, out_dir: str, cfg: RenderConfig) -> RenderResult:
             views = render_mesh_views(mesh, cfg.size, cfg.render_size, cfg.n_views, cfg.elevation_deg, cfg.fov_deg, lighting)
         except ItemError as e:
             rejected.append((r["uri"], str(e)))
+            continue
+        except moderngl.Error as e:  # e.g. the GL runs out of memory on one huge scene
+            rejected.append((r["uri"], f"{r['item_id']}: OpenGL failed to draw it ({e})"))
             continue
         rows.extend({"item_id": r["item_id"], "view": v, "png": storage.png_bytes(img)} for v, img in enumerate(views))
     seconds = time.perf_counter() - start

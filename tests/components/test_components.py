@@ -90,7 +90,7 @@ def test_pipeline_compiles_with_every_step(tmp_path, smoke_cfg):
     spec = yaml.safe_load(path.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == STEPS | {"start-run"}
-    assert tasks["evaluate"]["dependentTasks"] == sorted(["ingest", "preprocess", "render", "retrieve", "start-run"])
+    assert tasks["evaluate"]["dependentTasks"] == sorted(["ingest", "preprocess", "render", "retrieve", "similarity", "start-run"])
     assert all(t.get("cachingOptions", {}) == {} for t in tasks.values())  # caching off everywhere
     executors = spec["deploymentSpec"]["executors"]
     assert all(e["container"]["image"] for e in executors.values())

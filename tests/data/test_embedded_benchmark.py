@@ -32,3 +32,15 @@ def test_generation_is_deterministic(tmp_path, smoke_cfg):
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_generate_refuses_a_folder_it_did_not_write(tmp_path, smoke_cfg):
+    import pytest
+
+    from scenesearch.errors import DataError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="was not made by `scenesearch generate`"):
+        generate(tmp_path / "mine", smoke_cfg.data)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"

@@ -137,9 +137,25 @@ def test_splits_are_deterministic_and_per_class(messy, tmp_path):
     assert a.fingerprint == b.fingerprint
     assert a.fingerprint != c.fingerprint  # another seed, another split
     m = pq.read_table(tmp_path / "a" / "manifest.parquet").to_pandas()
-    # 3 scenes at 0.6/0.2/0.2: round(1.8) = 2 train, round(0.6) = 1 val, none left for test
+    # 3 scenes at 0.6/0.2/0.2: one in each split, so a small class still has val and test items
     counts = m[m.domain == "scene"].groupby(["label", "split"]).size().unstack(fill_value=0)
-    assert (counts["train"] == 2).all()
+    assert (counts[["train", "val", "test"]] == 1).all().all()
+
+
+@pytest.mark.parametrize(
+    "n, fractions, expected",
+    [
+        (10, (0.6, 0.2, 0.2), [6, 2, 2]),
+        (3, (0.6, 0.2, 0.2), [1, 1, 1]),
+        (4, (0.6, 0.2, 0.2), [2, 1, 1]),
+        (2, (0.6, 0.2, 0.2), [1, 1, 0]),  # too few for three splits: largest remainders, ties in split order
+        (5, (0.5, 0.5, 0.0), [3, 2, 0]),  # a zero fraction gets nothing
+        (1, (0.5, 0.5, 0.0), [1, 0, 0]),
+        (0, (0.6, 0.2, 0.2), [0, 0, 0]),
+    ],
+)
+def test_split_counts(n, fractions, expected):
+    assert ingest.split_counts(n, fractions) == expected
 
 
 def test_splits_csv_is_honoured(messy, tmp_path):
