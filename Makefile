@@ -55,7 +55,7 @@ compile: setup ## write the pipeline IR YAML to dist/
 	$(VENV)/bin/scenesearch compile --preset $(PRESET)
 
 ui: setup ## open the MLflow UI on the local store (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000 --workers 1
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean: ## remove run outputs (keeps .venv and the generated datasets)
 	rm -rf runs dist mlruns.db mlartifacts .pytest_cache
