@@ -60,9 +60,8 @@ def compile_pipeline(cfg: RunConfig, path) -> Path:
     from scenesearch import storage
 
     path = Path(path)
-    with storage.atomic_path(path) as tmp:
-        compiler.Compiler().compile(make_pipeline(cfg), str(tmp.with_suffix(".yaml")))
-        tmp.with_suffix(".yaml").replace(tmp)  # the compiler picks the format from the suffix
+    with storage.atomic_path(path, suffix=".yaml") as tmp:  # the compiler picks the format from the suffix
+        compiler.Compiler().compile(make_pipeline(cfg), str(tmp))
     return path
 
 

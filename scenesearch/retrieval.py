@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so loading a config nev
     import torch
 
 
-def min_view_cosine_distances(queries: "torch.Tensor", scenes: "torch.Tensor", chunk: int = 256) -> "torch.Tensor":
+def min_view_cosine_distances(queries: torch.Tensor, scenes: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """D[q, s] = min over views v of 1 - cos(queries[q], scenes[s, v]).
 
     Args:

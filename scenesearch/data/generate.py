@@ -24,7 +24,6 @@ from scenesearch.data.synthetic_scenes import SCENE_CLASSES, build_scene, write_
 from scenesearch.errors import ConfigError, DataError
 
 PHOTO_SIZE = 128
-MARKER = GENERATED_MARKER  # only a folder carrying it may be regenerated in place
 
 
 def scene_format(index: int) -> str:
@@ -51,7 +50,8 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
     if cfg.n_classes > len(SCENE_CLASSES):
         raise ConfigError(f"data.n_classes must be <= {len(SCENE_CLASSES)} for the embedded benchmark, got {cfg.n_classes}")
     root = Path(root)
-    if root.exists() and any(root.iterdir()) and not (root / MARKER).is_file():
+    # Only a folder carrying the generator's marker may be regenerated in place.
+    if root.exists() and any(root.iterdir()) and not (root / GENERATED_MARKER).is_file():
         raise DataError(f"{root} exists and was not made by `scenesearch generate`; choose an empty or new folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
@@ -70,7 +70,7 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
                 photo = query_photo(held_out, rng)
                 (tmp / "queries" / label / f"{label}_q{j:03d}.png").write_bytes(storage.png_bytes(photo))
                 n_queries += 1
-        (tmp / MARKER).write_text(f"seed={seed}\n")
+        (tmp / GENERATED_MARKER).write_text(f"seed={seed}\n")
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
