@@ -16,6 +16,11 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help setup system-deps run test test-fast bench compile ui clean
 
+# Cluster-side targets (images, infra checks, submit) live in mk/*.mk; each may add the tools
+# its tests need to TEST_DEPS, which `make test` installs first.
+TEST_DEPS :=
+-include $(sort $(wildcard mk/*.mk))
+
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
@@ -39,7 +44,7 @@ setup: system-deps $(VENV)/.installed ## install into .venv (pinned versions fro
 run: setup ## run the whole DAG on the embedded default through KFP local execution
 	$(VENV)/bin/scenesearch run --preset $(PRESET)
 
-test: setup ## the whole test suite
+test: setup $(TEST_DEPS) ## the whole test suite
 	$(PY) -m pytest -q
 
 test-fast: setup ## the unit tests only

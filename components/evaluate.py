@@ -15,7 +15,7 @@ def evaluate(
     report: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """SHREC metrics per method and split, plots and tables; closes the parent MLflow run."""
+    """SHREC metrics per method and split, plots and tables."""
     from scenesearch import config, tracking
     from scenesearch.evaluation import step
 
@@ -30,6 +30,5 @@ def evaluate(
         run.log_metrics({"n_rejected_total": result.n_rejected})
         run.log_metrics(result.flat_metrics(), parent=True)
         run.log_artifacts(result.artifacts, parent=True)
-    tracking.finish_parent(cfg, parent_run_id)
     for k, v in result.flat_metrics().items():
         metrics.log_metric(k.replace("@", "_at_"), v)

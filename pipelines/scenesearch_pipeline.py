@@ -1,7 +1,8 @@
 """The scenesearch DAG: wiring only. Compile with `python -m pipelines.scenesearch_pipeline [preset]`.
 
-    start_run -> ingest -> render -> preprocess -> features -> similarity
-                                                          \\-> retrieve -> evaluate
+    start_run -> ingest -> render -> preprocess -> features -> similarity ----------------\\
+                                                \\            \\-> retrieve -> evaluate -> register
+                                                 \\-> train (one task per architecture) -/
 
 The same function runs under kfp.local (pipelines/local.py) and compiles to IR YAML for a
 cluster. Resource requests that must be known at compile time come from the preset.
@@ -17,10 +18,12 @@ from components.evaluate import evaluate
 from components.features import features
 from components.ingest import ingest
 from components.preprocess import preprocess
+from components.register import register
 from components.render import render
 from components.retrieve import retrieve
 from components.similarity import similarity
 from components.start_run import start_run
+from components.train import train
 from scenesearch import config as config_lib
 from scenesearch.config import RunConfig
 
@@ -28,7 +31,7 @@ from scenesearch.config import RunConfig
 def make_pipeline(cfg: RunConfig):
     """The pipeline function with `cfg` as its default config parameter."""
 
-    @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, retrieve, evaluate, MLflow.")
+    @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, train CVAE-M2, retrieve, evaluate, register in MLflow.")
     def scenesearch(config_json: str = cfg.to_json(), data_root: str = cfg.data.root, run_name: str = cfg.name, git_commit: str = "unknown"):
         run = start_run(config_json=config_json, run_name=run_name, git_commit=git_commit)
         common = {"config_json": config_json, "parent_run_id": run.output}
@@ -39,7 +42,12 @@ def make_pipeline(cfg: RunConfig):
         if cfg.features.device == "cuda":
             fea.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         sim = similarity(features=fea.outputs["features"], **common)
-        ret = retrieve(features=fea.outputs["features"], **common)
+        with dsl.ParallelFor(items=list(cfg.train.architectures), parallelism=len(cfg.train.architectures)) as architecture:
+            tr = train(images=pre.outputs["images"], architecture=architecture, **common)
+            if cfg.train.gpu:
+                tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            tr.set_caching_options(False)
+        ret = retrieve(features=fea.outputs["features"], models=dsl.Collected(tr.outputs["model"]), **common)
         ev = evaluate(
             rankings=ret.outputs["rankings"],
             manifest=ing.outputs["manifest"],
@@ -47,9 +55,10 @@ def make_pipeline(cfg: RunConfig):
             images=pre.outputs["images"],
             **common,
         )
-        ev.after(sim)  # evaluate closes the parent MLflow run: every other task must be done by then
+        reg = register(report=ev.outputs["report"], models=dsl.Collected(tr.outputs["model"]), fingerprint=ing.outputs["Output"], **common)
+        reg.after(sim)  # register closes the parent MLflow run: every other task must be done by then
         # Every task logs into this run's MLflow parent, so a cached task would leave a hole in it.
-        for task in (run, ing, ren, pre, fea, sim, ret, ev):
+        for task in (run, ing, ren, pre, fea, sim, ret, ev, reg):
             task.set_caching_options(False)
 
     return scenesearch

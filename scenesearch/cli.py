@@ -83,6 +83,40 @@ def cmd_evaluate(args) -> dict:
     return {"metrics": r.metrics, "n_rejected": r.n_rejected}
 
 
+def cmd_train(args) -> dict:
+    from scenesearch.models import step
+
+    cfg = _config(args)
+    return {arch: step.run(args.images, str(Path(args.out) / arch), arch, cfg).metrics() for arch in (args.arch or cfg.train.architectures)}
+
+
+def cmd_promote(args) -> dict:
+    from scenesearch import registry, tracking
+
+    cfg = _config(args)
+    name = args.name or cfg.registry.name
+    decision = registry.promote(tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri), name, args.version, args.force)
+    return {"model": name, "version": args.version, "alias": registry.CHAMPION, "reason": decision.reason}
+
+
+def cmd_query(args) -> None:
+    from scenesearch import tracking
+    from scenesearch.models import serving
+
+    cfg = _config(args)
+    uri = tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri)
+    model_uri = args.model or f"models:/{cfg.registry.name}@champion"
+    answers = serving.query_files(model_uri, uri, args.images, args.top_k)
+    if args.json:
+        print(json.dumps([a.to_dict() for a in answers], indent=2))
+    else:
+        for a in answers:
+            print(a.format())
+    failed = [a for a in answers if a.error]
+    if failed:
+        raise ScenesearchError(f"{len(failed)} of {len(answers)} query images could not be read (see above)")
+
+
 def cmd_run(args) -> dict:
     from pipelines.local import run_local
     from scenesearch.evaluation.step import format_table
@@ -151,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r = add("run", cmd_run, "run the whole DAG locally with kfp.local and log it to MLflow", optional=("data",), data="dataset root (default: the preset's data.root)")
     r.add_argument("--workdir", default="runs", help="where the local pipeline root lives")
+    t = add("train", cmd_train, "train CVAE-M2 models (no MLflow): one folder per architecture", images="preprocess output folder", out="output folder")
+    t.add_argument("--arch", action="append", help="architecture (repeatable; default: train.architectures)")
+    pr = add("promote", cmd_promote, "make a registered model version the champion (if it beats the current one)")
+    pr.add_argument("--version", required=True, help="model version number")
+    pr.add_argument("--name", help="registered model name (default: registry.name)")
+    pr.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
+    pr.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
+    q = add("query", cmd_query, "rank the scenes for query images with a registered model (the champion by default)")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="query image files (PNG/JPEG)")
+    q.add_argument("--model", help="MLflow model URI (default: models:/<registry.name>@champion)")
+    q.add_argument("--top-k", type=int, default=5, help="scenes per query (default 5)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
     add("compile", cmd_compile, "write the pipeline IR YAML", optional=("out",), out="output path (default dist/scenesearch_<preset>.yaml)")
     return p
 
@@ -164,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScenesearchError as e:
         print(f"scenesearch {args.command}: {e}", file=sys.stderr)
         return 1
-    if args.command != "run":
+    if result is not None and args.command != "run":
         print(json.dumps(result, indent=2, default=str))
     return 0
 

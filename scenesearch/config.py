@@ -21,6 +21,7 @@ from scenesearch.errors import ConfigError
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 WEIGHTS_CHOICES = ("none", "imagenet")  # or a path / s3:// URI to a state dict
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,44 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """CVAE-M2 training: one DAG branch per architecture (see scenesearch/models/)."""
+
+    architectures: tuple[str, ...] = ("cvae1",)  # cvae1..cvae4, cvae_vgg: one DAG branch each
+    epochs: int = 30  # at most; early stopping usually ends sooner
+    patience: int = 5  # epochs without a better validation metric before stopping
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta: float = 1000.0  # weight of the cross-entropy of q(y|x) against the label (nats per image)
+    decoder_variance: str = "scalar"  # scalar | pixel: the learned variance of p(x|z,y)
+    unlabelled: bool = False  # add val/test images without their labels (the M2 unlabelled objective)
+    device: str = "auto"  # auto: CUDA when the task has it, else the CPU
+    gpu: bool = False  # request one NVIDIA GPU per train task on a cluster
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16 (grad scaler)
+    checkpoint_root: str = ""  # empty: beside the model output; else <root>/<parent run id>/<arch>, so a retried task resumes
+
+    def validate(self) -> None:
+        from scenesearch.models import ARCHITECTURES  # the registry is the list of allowed names
+
+        if not self.architectures:
+            raise ConfigError(f"train.architectures must name at least one of {', '.join(ARCHITECTURES)}")
+        for a in self.architectures:
+            _choice(a, tuple(ARCHITECTURES), "train.architectures")
+        if len(set(self.architectures)) != len(self.architectures):
+            raise ConfigError(f"train.architectures must not repeat a name, got {list(self.architectures)}")
+        _positive(self, "epochs", "patience", "batch_size", "lr")
+        if self.beta < 0 or self.weight_decay < 0:
+            raise ConfigError(f"train.beta and train.weight_decay must be >= 0, got {self.beta} and {self.weight_decay}")
+        _choice(self.decoder_variance, ("scalar", "pixel"), "train.decoder_variance")
+        _choice(self.device, DEVICE_CHOICES, "train.device")
+        _choice(self.precision, PRECISION_CHOICES, "train.precision")
+
+
+@dataclass(frozen=True)
 class RetrieveConfig:
-    methods: tuple[str, ...] = ("vgg_baseline", "random")
+    methods: tuple[str, ...] = ("vgg_baseline", "random")  # baselines; trained models add their own rows
+    alpha: float = 64 * 64 * 3  # weight of the class term of the CVAE distance
 
     def validate(self) -> None:
         from scenesearch.retrieval import METHODS  # the registry is the list of allowed names
@@ -113,6 +150,8 @@ class RetrieveConfig:
             raise ConfigError(f"retrieve.methods must name at least one of {sorted(METHODS)}")
         for m in self.methods:
             _choice(m, tuple(sorted(METHODS)), "retrieve.methods")
+        if self.alpha < 0:
+            raise ConfigError(f"retrieve.alpha must be >= 0, got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -141,6 +180,22 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The MLflow model registry: one registered model, `champion` on the best version."""
+
+    name: str = "scenesearch"
+    metric: str = "test_mAP"  # higher is better; compared only on the same dataset fingerprint
+    top_k: int = 10  # default number of scenes a served model returns
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name or ":" in self.name:
+            raise ConfigError(f"registry.name must be a non-empty name without '/' or ':', got '{self.name}'")
+        if not self.metric:
+            raise ConfigError("registry.metric must name a metric such as test_mAP")
+        _positive(self, "top_k")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -149,9 +204,11 @@ class RunConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def validate(self) -> "RunConfig":
         if self.seed < 0:

@@ -102,8 +102,11 @@ class StepRun:
     def log_params(self, params: dict[str, Any], parent: bool = False) -> None:
         _params(self.client, self.parent_id if parent else self.run_id, params)
 
-    def log_metrics(self, metrics: dict[str, float], parent: bool = False) -> None:
-        log_metrics(self.client, self.parent_id if parent else self.run_id, metrics)
+    def log_metrics(self, metrics: dict[str, float], parent: bool = False, step: int = 0) -> None:
+        log_metrics(self.client, self.parent_id if parent else self.run_id, metrics, step)
+
+    def parent_tag(self, key: str, default: str = "unknown") -> str:
+        return self.client.get_run(self.parent_id).data.tags.get(key, default)
 
     def log_artifacts(self, paths: list[str], parent: bool = False, artifact_path: str | None = None) -> None:
         for p in paths:

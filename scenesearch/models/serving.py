@@ -1,0 +1,215 @@
+"""A trained CVAE as an MLflow model that answers queries: images in, top-k scenes out.
+
+One logged MLflow model per trained architecture holds
+- the network, saved with ``mlflow.pytorch`` (artifact ``network``; pytorch flavour inside),
+- the gallery: every scene's id, label and encoded renders [mu | logvar | logits] (``gallery.npz``),
+- the preprocessing (image size) and retrieval settings (alpha) in ``meta.json``,
+and a ``python_function`` flavour (`SceneRetrievalModel`) whose ``predict`` takes a batch of RGB
+uint8 images (B, H, W, 3) of any size and returns one row per (query, rank): scene id, class,
+distance. It loads with ``mlflow.pyfunc.load_model("models:/scenesearch@champion")`` and serves
+with ``mlflow models serve --env-manager local``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+try:  # the pyfunc base class; mlflow is a dependency, but keep the module importable for type checks
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object
+
+log = logging.getLogger(__name__)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # scenesearch/, shipped with the model as code
+SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyarrow", "scikit-learn", "pyyaml")
+
+
+def pip_requirements() -> list[str]:
+    """Exact pins of what predict imports, from this environment (so MLflow never infers them)."""
+    return [f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES]
+
+
+def build_gallery(model_dir: str | Path) -> dict[str, np.ndarray]:
+    """Scene ids, labels and per-render encodings (S, V, 2d + C) from a train-step folder."""
+    from scenesearch import storage
+    from scenesearch.retrieval import arrange
+
+    enc = storage.read_array(Path(model_dir) / "encodings.npy")
+    inputs = arrange(enc, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())
+    return {"scene_ids": np.array(inputs.scenes["item_id"]), "labels": np.array(inputs.scenes["label"]), "encodings": inputs.scene_feats.astype(np.float32)}
+
+
+class SceneRetrievalModel(PythonModel):
+    """pyfunc: (B, H, W, 3) uint8 images -> DataFrame(query, rank, scene_id, label, distance)."""
+
+    def load_context(self, context):
+        import mlflow.pytorch
+        import torch
+
+        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
+        self.network = mlflow.pytorch.load_model(context.artifacts["network"], map_location="cpu").eval()
+        g = np.load(context.artifacts["gallery"], allow_pickle=False)
+        self.scene_ids, self.labels = g["scene_ids"].tolist(), g["labels"].tolist()
+        self.gallery = torch.from_numpy(g["encodings"])
+        self.default_top_k = int(self.meta.get("top_k", 10))
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+        import torch
+
+        from scenesearch.models.step import split_encodings
+        from scenesearch.preprocess import preprocess_images
+        from scenesearch.retrieval import cvae_scene_distances
+
+        images = _as_images(model_input)
+        top_k = min(int((params or {}).get("top_k") or self.default_top_k), len(self.scene_ids))
+        x = preprocess_images(list(images), self.meta["image_size"], flips=False)
+        latent = self.meta["latent"]
+        with torch.inference_mode():
+            q = split_encodings(self.network(x).float(), latent)
+            d = cvae_scene_distances(*q, *split_encodings(self.gallery, latent), alpha=self.meta["alpha"])
+        dist, idx = torch.topk(d, top_k, dim=1, largest=False, sorted=True)
+        rows = [
+            {"query": qi, "rank": r + 1, "scene_id": self.scene_ids[j], "label": self.labels[j], "distance": float(dist[qi, r])}
+            for qi in range(len(images))
+            for r, j in enumerate(idx[qi].tolist())
+        ]
+        return pd.DataFrame(rows, columns=["query", "rank", "scene_id", "label", "distance"])
+
+
+def _as_images(model_input) -> np.ndarray:
+    """The pyfunc input as (B, H, W, 3) uint8, with a clear error for anything else."""
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):  # a served tensor sometimes arrives as a one-column frame
+        model_input = np.stack(model_input.iloc[:, 0].to_numpy())
+    x = np.asarray(model_input)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] < 8 or x.shape[2] < 8:
+        raise ValueError(f"expected RGB images shaped (batch, height, width, 3), got an array of shape {x.shape}")
+    if x.dtype != np.uint8:
+        if np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
+            x = np.rint(x * 255)
+        x = np.clip(x, 0, 255).astype(np.uint8)
+    return x
+
+
+def signature(top_k: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([ColSpec("long", "query"), ColSpec("long", "rank"), ColSpec("string", "scene_id"), ColSpec("string", "label"), ColSpec("double", "distance")]),
+        params=ParamSchema([ParamSpec("top_k", "long", top_k)]),
+    )
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_uri: str  # models:/m-... of the logged model
+    model_id: str
+
+
+def log_model(model_dir: str | Path, run_id: str, tracking_uri: str, example: np.ndarray, top_k: int = 10, tags: dict | None = None) -> LoggedModel:
+    """Log a train-step folder as an MLflow model in run `run_id` (see the module doc).
+
+    Args:
+        example: one query image (H, W, 3) uint8: the input example.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    from scenesearch.models.step import load_network, read_meta
+
+    meta = {**read_meta(model_dir), "top_k": top_k}
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # pickle, not pt2: the traced format fixes the batch size of the example
+        mlflow.pytorch.save_model(load_network(model_dir), tmp / "network", pip_requirements=pip_requirements(), serialization_format="pickle")
+        np.savez(tmp / "gallery.npz", **build_gallery(model_dir))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SceneRetrievalModel(),
+                artifacts={"network": str(tmp / "network"), "gallery": str(tmp / "gallery.npz"), "meta": str(tmp / "meta.json")},
+                code_paths=[str(PACKAGE_DIR)],
+                signature=signature(top_k),
+                input_example=(example[None].astype(np.uint8), {"top_k": min(3, top_k)}),
+                pip_requirements=pip_requirements(),
+                tags={k: str(v) for k, v in (tags or {}).items()},
+            )
+    return LoggedModel(info.model_uri, info.model_id)
+
+
+def load(model_uri: str, tracking_uri: str | None = None):
+    """The pyfunc model at `model_uri` (models:/name@alias, models:/name/3, runs:/..., a path)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+@dataclass
+class Answer:
+    """The ranked scenes for one query image, or why the image could not be used."""
+
+    image: str
+    results: list[dict]
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "error": self.error} if self.error else {"image": self.image, "results": self.results}
+
+    def format(self) -> str:
+        if self.error:
+            return f"{self.image}: {self.error}"
+        lines = [f"{self.image}"] + [f"  {r['rank']:>3}  {r['scene_id']:<40} {r['label']:<14} {r['distance']:.4g}" for r in self.results]
+        return "\n".join(lines)
+
+
+def query_files(model_uri: str, tracking_uri: str, paths: list[str], top_k: int) -> list[Answer]:
+    """Rank the scenes for each image file with the model at `model_uri`; a bad image gets an error, not an exception.
+
+    Raises:
+        ScenesearchError: the model cannot be loaded, or top_k < 1.
+    """
+    import time
+
+    from scenesearch import storage
+    from scenesearch.data.ingest import decode_image
+    from scenesearch.errors import ScenesearchError
+
+    if top_k < 1:
+        raise ScenesearchError(f"--top-k must be >= 1, got {top_k}")
+    t0 = time.perf_counter()
+    try:
+        model = load(model_uri, tracking_uri)
+    except Exception as e:  # noqa: BLE001 - MLflow raises many types for "not there"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ScenesearchError(f"cannot load the model {model_uri} from {tracking_uri} ({first}); run `make run` first or pass --model") from None
+    log_load = time.perf_counter() - t0
+    answers = []
+    for p in paths:
+        try:
+            image = decode_image(p, storage.read_bytes(p))
+        except ScenesearchError as e:
+            answers.append(Answer(p, [], str(e)))
+            continue
+        frame = model.predict(image[None], params={"top_k": top_k})
+        answers.append(Answer(p, frame.drop(columns=["query"]).to_dict("records")))
+    log.info("model %s loaded in %.2f s", model_uri, log_load)
+    return answers
