@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenesearch import tracking
+from scenesearch import storage, tracking
 from scenesearch.config import RunConfig
 from scenesearch.errors import ScenesearchError
 
@@ -50,7 +50,7 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom", category=RuntimeWarning)
     pipeline = make_pipeline(cfg)
     try:
-        pipeline(config_json=cfg.to_json(), data_root=str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())
+        pipeline(config_json=cfg.to_json(), data_root=data_root if storage.is_remote(data_root) else str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())
         failure = None
     except RuntimeError as e:  # kfp.local reports a failed task this way
         failure = e

@@ -124,8 +124,10 @@ def cmd_run(args) -> dict:
     cfg = _config(args)
     data_root = args.data or cfg.data.root
     t0 = time.perf_counter()
-    if not Path(data_root).exists():
-        if not (cfg.data.generate and args.data is None):
+    from scenesearch import storage
+
+    if not storage.exists(data_root):
+        if not (cfg.data.generate and args.data is None) or storage.is_remote(data_root):
             raise ScenesearchError(f"dataset root {data_root} does not exist")
         from scenesearch.data.generate import generate
 

@@ -1,5 +1,8 @@
 """The ingest step: read a dataset in the documented layout, validate every file, split, write the manifest.
 
+The root is a local folder or an ``s3://bucket/prefix`` URI; every file is listed and read through
+`scenesearch.storage`, and the manifest's ``uri`` column holds each file's full path or S3 URI.
+
 Layout::
 
     <root>/scenes/<class>/<name>.<obj|glb|gltf|ply|off|stl|skp>   3D scenes (OBJ's .mtl and textures beside)
@@ -66,8 +69,8 @@ def run(root: str, out_dir: str, cfg: DataConfig, seed: int = 0) -> IngestResult
     if not rows:
         reasons = "; ".join(sorted({r for _, r in rejected})[:3])
         raise DataError(f"no usable scene or query in {root} ({len(rejected)} files rejected{': ' + reasons if reasons else ''})")
-    splits_file = Path(root) / "splits.csv"
-    given = read_splits(splits_file) if splits_file.is_file() else {}
+    splits_file = storage.join(_root(root), "splits.csv")
+    given = read_splits(splits_file) if storage.exists(splits_file) else {}
     assign_splits(rows, cfg.split_fractions, seed, given)
     manifest = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     storage.write_table(Path(out_dir) / "manifest.parquet", manifest)
@@ -83,14 +86,14 @@ def run(root: str, out_dir: str, cfg: DataConfig, seed: int = 0) -> IngestResult
 
 def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """Validate every file under root. Returns (good rows without split, [(uri, reason)])."""
-    base = Path(root).resolve()
+    base = _root(root)
     files = storage.list_files(base)
-    allowed = _read_classes(base / "classes.txt")
+    allowed = _read_classes(storage.join(base, "classes.txt"))
     rows: list[dict] = []
     rejected: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for rel in files:
-        uri = str(base / rel)
+        uri = storage.join(base, rel)
         parts = rel.split("/")
         if parts[0] not in DOMAINS:
             if rel not in METADATA_FILES:
@@ -168,10 +171,17 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
         raise ItemError(f"{name}: the image cannot be decoded ({e})") from None
 
 
+def _root(root: str) -> str:
+    """The dataset root as manifest URIs start: an absolute local path, or a normalised s3:// URI."""
+    return storage.join(root) if storage.is_remote(root) else str(Path(root).resolve())
+
+
 def _read(uri: str, rel: str) -> bytes:
     try:
         return storage.read_bytes(uri)
-    except DataError:
+    except DataError as e:
+        if storage.is_remote(uri):
+            raise ItemError(f"{rel} cannot be read ({e})") from None
         if not os.access(uri, os.R_OK):
             raise ItemError(f"{rel} is not readable (permission denied)") from None
         raise ItemError(f"{rel} cannot be read") from None
@@ -181,10 +191,22 @@ def _clean_name(rel: str) -> bool:
     return rel.isascii() and " " not in rel
 
 
-def _read_classes(path: Path) -> set[str] | None:
-    if not path.is_file():
+def _read_classes(path: str) -> set[str] | None:
+    if not storage.exists(path):
         return None
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    return {line.strip() for line in _read_text(path).splitlines() if line.strip()}
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """A metadata file (splits.csv, classes.txt) as text; UTF-8, with or without Excel's byte-order mark.
+
+    Raises:
+        DataError: the file is not UTF-8 text.
+    """
+    try:
+        return storage.read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
 
 
 def _drop_one_sided_classes(rows: list[dict], rejected: list) -> tuple[list[dict], list]:
@@ -203,21 +225,20 @@ def _drop_one_sided_classes(rows: list[dict], rejected: list) -> tuple[list[dict
     return keep, rejected
 
 
-def read_splits(path: Path) -> dict[str, str]:
-    """splits.csv -> {relative path: split}.
+def read_splits(path: str | os.PathLike) -> dict[str, str]:
+    """splits.csv (a local path or an S3 URI) -> {relative path: split}.
 
     Raises:
         DataError: a bad header or an unknown split name, naming the line.
     """
     out = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "split"} <= set(reader.fieldnames):
-            raise DataError(f"{path} must have the header 'path,split'")
-        for i, row in enumerate(reader, start=2):
-            if row["split"] not in SPLITS:
-                raise DataError(f"{path} line {i}: split must be one of {', '.join(SPLITS)}, got '{row['split']}'")
-            out[row["path"].strip()] = row["split"]
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    if reader.fieldnames is None or not {"path", "split"} <= set(reader.fieldnames):
+        raise DataError(f"{path} must have the header 'path,split'")
+    for i, row in enumerate(reader, start=2):
+        if row["split"] not in SPLITS:
+            raise DataError(f"{path} line {i}: split must be one of {', '.join(SPLITS)}, got '{row['split']}'")
+        out[row["path"].strip()] = row["split"]
     return out
 
 

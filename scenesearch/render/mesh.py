@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scenesearch.errors import ItemError
+from scenesearch import storage
+from scenesearch.errors import DataError, ItemError
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl", ".skp")
 DEFAULT_GREY = np.array([0.7, 0.7, 0.7], dtype=np.float32)
@@ -56,7 +59,7 @@ def load_mesh(path: str | os.PathLike, data: bytes | None = None, name: str | No
     """Read and check one scene file.
 
     Args:
-        path: file path; its extension picks the reader, and OBJ/glTF siblings (MTL, textures) are found beside it.
+        path: file path or s3:// URI; its extension picks the reader, and OBJ/glTF siblings (MTL, textures) are found beside it.
         data: the file's bytes if already read.
         name: how errors name the file (default: the file name).
 
@@ -73,9 +76,9 @@ def load_mesh(path: str | os.PathLike, data: bytes | None = None, name: str | No
         raise ItemError(f"{name}: unsupported scene extension '{ext}' (supported: {', '.join(MESH_EXTENSIONS)})")
     if data is None:
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ItemError(f"{name}: cannot read the file ({e.strerror or e})") from None
+            data = storage.read_bytes(path)
+        except DataError as e:
+            raise ItemError(f"{name}: cannot read the file ({e})") from None
     if not data:
         raise ItemError(f"{name}: the file is empty")
     try:
@@ -118,7 +121,9 @@ def _load_trimesh(path: Path, data: bytes) -> SceneMesh:
 
     ext = path.suffix.lower()
     kwargs = {}
-    if ext in (".obj", ".gltf") and path.parent.is_dir():
+    if ext in (".obj", ".gltf") and storage.is_remote(path):
+        kwargs["resolver"] = _RemoteFolder(str(path.parent))
+    elif ext in (".obj", ".gltf") and path.parent.is_dir():
         # OBJ and glTF reference sibling files (MTL, textures, buffers): resolve them beside the file.
         kwargs["resolver"] = trimesh.resolvers.FilePathResolver(str(path))
     scene = trimesh.load(io.BytesIO(data), file_type=ext[1:], force="scene", process=False, **kwargs)
@@ -135,6 +140,32 @@ def _load_trimesh(path: Path, data: bytes) -> SceneMesh:
         return SceneMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
     camera = _trimesh_camera(scene) if ext in (".glb", ".gltf") else None
     return SceneMesh(*(np.concatenate(p) for p in zip(*parts)), camera=camera)
+
+
+class _RemoteFolder(Mapping):
+    """An OBJ's or glTF's sibling files on S3 (MTL, textures, buffers), fetched through storage when trimesh asks.
+
+    trimesh accepts any Mapping of name -> bytes as a resolver; a missing file is a KeyError, which
+    trimesh treats like a missing local file (the part keeps its plain material colour).
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def __getitem__(self, name: str) -> bytes:
+        rel = posixpath.normpath(str(name).replace("\\", "/"))
+        if rel.startswith(("../", "/")) or rel == "..":  # stay inside the scene's folder, as trimesh does locally
+            raise KeyError(name)
+        try:
+            return storage.read_bytes(storage.join(self.folder, rel))
+        except DataError:
+            raise KeyError(name) from None
+
+    def __iter__(self):
+        return iter(storage.list_files(self.folder))
+
+    def __len__(self) -> int:
+        return len(storage.list_files(self.folder))
 
 
 def _trimesh_colours(geom) -> tuple[np.ndarray | None, np.ndarray | None]:
