@@ -22,7 +22,7 @@ TEST_DEPS :=
 -include $(sort $(wildcard mk/*.mk))
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 system-deps: ## EGL/Mesa for the OpenGL renderer (apt-get, when missing and allowed)
 	@if ! ldconfig -p | grep -q 'libEGL_mesa.so'; then \
@@ -47,7 +47,7 @@ run: setup ## run the whole DAG on the embedded default through KFP local execut
 test: setup $(TEST_DEPS) ## the whole test suite
 	$(PY) -m pytest -q
 
-test-fast: setup ## the unit tests only
+test-fast: setup $(TEST_DEPS) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup ## print the speed figures (render vs pyrender, features vs a bare loop, evaluate)

@@ -34,7 +34,7 @@ def make_pipeline(cfg: RunConfig):
     @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, train CVAE-M2, retrieve, evaluate, register in MLflow.")
     def scenesearch(config_json: str = cfg.to_json(), data_root: str = cfg.data.root, run_name: str = cfg.name, git_commit: str = "unknown"):
         run = start_run(config_json=config_json, run_name=run_name, git_commit=git_commit)
-        common = {"config_json": config_json, "parent_run_id": run.output}
+        common = {"config_json": config_json, "parent_run_id": run.outputs["Output"]}
         ing = ingest(data_root=data_root, **common)
         ren = render(manifest=ing.outputs["manifest"], **common)
         pre = preprocess(manifest=ing.outputs["manifest"], views=ren.outputs["views"], **common)
@@ -43,7 +43,7 @@ def make_pipeline(cfg: RunConfig):
             fea.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         sim = similarity(features=fea.outputs["features"], **common)
         with dsl.ParallelFor(items=list(cfg.train.architectures), parallelism=len(cfg.train.architectures)) as architecture:
-            tr = train(images=pre.outputs["images"], architecture=architecture, **common)
+            tr = train(images=pre.outputs["images"], architecture=architecture, config_json=config_json, run=run.outputs["run"])
             if cfg.train.gpu:
                 tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
             tr.set_caching_options(False)

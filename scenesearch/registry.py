@@ -110,7 +110,7 @@ def promote(tracking_uri: str, name: str, version: str, force: bool = False) -> 
     tags = dict(mv.tags)
     metric = next((k for k in tags if k.startswith("test_")), "test_mAP")
     current = champion_tags(client, name)
-    if current is not None and client.get_model_version_by_alias(name, CHAMPION).version == str(version):
+    if current is not None and str(client.get_model_version_by_alias(name, CHAMPION).version) == str(version):
         return Decision(True, f"version {version} is already the champion")
     if force:
         decision = Decision(True, "promoted by hand with --force")

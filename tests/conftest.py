@@ -34,3 +34,18 @@ def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def smoke_preprocessed(tmp_path_factory, smoke_dataset, smoke_cfg):
+    """The smoke dataset ingested, rendered and preprocessed once per session: {manifest, views, images} folders."""
+    from scenesearch import preprocess
+    from scenesearch.data import ingest
+    from scenesearch.render import step as render
+
+    out = tmp_path_factory.mktemp("preprocessed")
+    dirs = {name: out / name for name in ("manifest", "views", "images")}
+    ingest.run(str(smoke_dataset), str(dirs["manifest"]), smoke_cfg.data, smoke_cfg.seed)
+    render.run(str(dirs["manifest"]), str(dirs["views"]), smoke_cfg.render)
+    preprocess.run(str(dirs["manifest"]), str(dirs["views"]), str(dirs["images"]), smoke_cfg.preprocess)
+    return dirs

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from kfp.dsl import Dataset, Metrics, Model
+from kfp.dsl import Artifact, Dataset, Metrics, Model
 from mlflow.tracking import MlflowClient
 
 from components.evaluate import evaluate
@@ -28,7 +28,8 @@ def _artifact(cls, tmp_path, name):
 
 def test_components_chain_and_log_to_mlflow(tmp_path, smoke_dataset, smoke_cfg, mlflow_uri):
     cfg = smoke_cfg.to_json()
-    run_id = start_run.python_func(config_json=cfg, run_name="components-test", git_commit="abc123")
+    run_artifact = _artifact(Artifact, tmp_path, "run")
+    run_id = start_run.python_func(config_json=cfg, run_name="components-test", git_commit="abc123", run=run_artifact)
     common = {"config_json": cfg, "parent_run_id": run_id}
     manifest, views, images, feats, clusters, rankings, report = (
         _artifact(Dataset, tmp_path, n) for n in ("manifest", "views", "images", "features", "clusters", "rankings", "report")
@@ -41,7 +42,7 @@ def test_components_chain_and_log_to_mlflow(tmp_path, smoke_dataset, smoke_cfg, 
     features.python_func(images=images, features=feats, **common)
     similarity.python_func(features=feats, clusters=clusters, metrics=sim_metrics, **common)
     model = _artifact(Model, tmp_path, "model")
-    train.python_func(images=images, architecture="cvae1", model=model, **common)
+    train.python_func(images=images, architecture="cvae1", model=model, config_json=cfg, run=run_artifact)
     retrieve.python_func(features=feats, models=[model], rankings=rankings, **common)
     evaluate.python_func(rankings=rankings, manifest=manifest, views=views, images=images, report=report, metrics=eval_metrics, **common)
     register.python_func(fingerprint=fingerprint, report=report, models=[model], **common)
@@ -86,7 +87,7 @@ def test_components_chain_and_log_to_mlflow(tmp_path, smoke_dataset, smoke_cfg, 
 
 def test_a_failing_step_marks_the_runs_failed_with_its_sentence(tmp_path, smoke_cfg, mlflow_uri):
     cfg = smoke_cfg.to_json()
-    run_id = start_run.python_func(config_json=cfg, run_name="fails", git_commit="x")
+    run_id = start_run.python_func(config_json=cfg, run_name="fails", git_commit="x", run=_artifact(Artifact, tmp_path, "run"))
     with pytest.raises(SystemExit) as e:
         ingest.python_func(config_json=cfg, parent_run_id=run_id, data_root=str(tmp_path / "missing"), manifest=_artifact(Dataset, tmp_path, "m"))
     assert e.value.code == 1

@@ -1,0 +1,111 @@
+"""The cluster's tracking setup on loopback: `mlflow server` on PostgreSQL with artifacts in an S3 bucket.
+
+The smoke pipeline logs its runs there and registers its model; stopping the server (a pod
+replaced, or killed outright) and starting it again loses nothing a client had logged.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+STEPS = {"ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"}
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, smoke_dataset, smoke_cfg, tracking_server, s3):
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url}
+    p = subprocess.run(
+        [sys.executable, "-m", "scenesearch.cli", "run", "--preset", "smoke", "--data", str(smoke_dataset), "--workdir", str(tmp_path / "runs")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    (tmp_path / "run.log").write_text(p.stdout + p.stderr)
+    assert p.returncode == 0, f"the whole output is in {tmp_path / 'run.log'}\n" + p.stderr[-3000:]
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()  # nothing went to a local store
+
+    c = MlflowClient(tracking_server.url)
+    exp = c.get_experiment_by_name(smoke_cfg.tracking.experiment)
+    assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:")
+    parents = [r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags and r.info.run_id in p.stdout]
+    assert len(parents) == 1, p.stdout[-2000:]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {"vgg_baseline.test_mAP", "random.test_mAP", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
+    assert parent.data.params["weights_used"] == "none" and "dataset_fingerprint" in parent.data.params
+    children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {r.data.tags.get("step") for r in children} >= STEPS
+    assert all(r.info.status == "FINISHED" for r in children)
+
+    # The parent's artifacts went through the server into the bucket, not onto this disk.
+    keys = s3.files(parent.info.artifact_uri)
+    assert {"comparison.md", "metrics.json", "pr_curve.png", "per_class.csv"} <= keys, sorted(keys)
+    assert "vgg_baseline" in json.loads(s3.read(parent.info.artifact_uri, "metrics.json"))
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.md", "metrics.json"}
+
+    # The register step puts `champion` on a version of the registered model, stored in the bucket too.
+    name = smoke_cfg.registry.name
+    version = c.get_model_version_by_alias(name, "champion")
+    assert version.status == "READY"
+    source = c.get_model_version_download_uri(name, version.version)
+    assert "MLmodel" in s3.files(source), (source, sorted(s3.files(source)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_restarting_the_server_loses_no_logged_run(sig, tmp_path, tracking_server, s3):
+    c = MlflowClient(tracking_server.url)
+    exp = c.create_experiment(f"restart-{sig.name}-{uuid.uuid4().hex[:8]}")
+
+    # A finished run with params, tags, a metric history and an artifact.
+    done = c.create_run(exp, run_name="done").info.run_id
+    c.log_batch(done, metrics=[Metric("loss", 1.0 / (i + 1), 1000 + i, i) for i in range(20)],
+                params=[Param(f"p{i}", str(i)) for i in range(10)], tags=[RunTag("kind", "finished")])
+    note = tmp_path / "note.txt"
+    note.write_text("logged before the restart\n")
+    c.log_artifact(done, str(note))
+    c.set_terminated(done, "FINISHED")
+    # A run still in progress when the server goes away.
+    live = c.create_run(exp, run_name="live").info.run_id
+    c.log_param(live, "lr", "0.01")
+    c.log_metric(live, "val_mAP", 0.25, step=0)
+
+    tracking_server.stop(sig)
+    # A client that logs while the server is down: MLflow's client retries until it is back.
+    during: list[BaseException] = []
+
+    def log_while_down():
+        try:
+            MlflowClient(tracking_server.url).log_metric(live, "val_mAP", 0.5, step=1)
+        except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
+            during.append(e)
+
+    writer = threading.Thread(target=log_while_down, daemon=True)
+    writer.start()
+    tracking_server.start()
+    writer.join(timeout=240)
+    assert not writer.is_alive() and not during, during
+
+    c = MlflowClient(tracking_server.url)
+    run = c.get_run(done)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "finished"
+    assert run.data.params == {f"p{i}": str(i) for i in range(10)}
+    history = sorted((m.step, m.value) for m in c.get_metric_history(done, "loss"))
+    assert history == [(i, 1.0 / (i + 1)) for i in range(20)]
+    assert [a.path for a in c.list_artifacts(done)] == ["note.txt"]
+    assert open(c.download_artifacts(done, "note.txt", str(tmp_path / "dl"))).read() == "logged before the restart\n"
+    assert s3.files(run.info.artifact_uri) == {"note.txt"}
+
+    # The run started before the stop goes on logging and finishes.
+    assert c.get_run(live).info.status == "RUNNING"
+    c.log_metric(live, "val_mAP", 0.75, step=2)
+    c.set_terminated(live, "FINISHED")
+    run = c.get_run(live)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.01"}
+    assert sorted((m.step, m.value) for m in c.get_metric_history(live, "val_mAP")) == [(0, 0.25), (1, 0.5), (2, 0.75)]
+    assert {r.info.run_id for r in c.search_runs([exp])} == {done, live}

@@ -1,0 +1,101 @@
+"""CVAE-M2 training as a process: kill it with SIGKILL, start it again, and it ends where an
+uninterrupted run ends (CPU, same seed); early stopping and the unlabelled objective run."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from scenesearch.models import step
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 8
+
+
+def _train_cmd(images, out):
+    return [
+        sys.executable, "-m", "scenesearch.cli", "train", "--preset", "smoke", "--images", str(images), "--out", str(out),
+        "--set", f"train.epochs={EPOCHS}", "--set", "train.patience=100", "--arch", "cvae1",
+    ]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels in both runs
+
+
+def _weights(folder):
+    return torch.load(folder / "cvae1" / "network.pt", weights_only=True)
+
+
+def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, smoke_preprocessed):
+    images = smoke_preprocessed["images"]
+    straight = subprocess.run(_train_cmd(images, tmp_path / "straight"), env=_env(), capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    checkpoint = killed_dir / "cvae1" / "checkpoint" / "last.pt"
+    proc = subprocess.Popen(_train_cmd(images, killed_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the training ended before it could be killed"
+    epoch_at_kill = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epoch_at_kill < EPOCHS
+    assert not (killed_dir / "cvae1" / "network.pt").exists()
+
+    resumed = subprocess.run(_train_cmd(images, killed_dir), env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])["cvae1"]
+    assert summary["resumed_from_epoch"] == epoch_at_kill and summary["epochs_run"] == EPOCHS
+
+    a, b = _weights(tmp_path / "straight"), _weights(killed_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    history = json.loads((killed_dir / "cvae1" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, smoke_preprocessed, smoke_cfg):
+    cfg = dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1))
+    first = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
+    assert first.train.resumed_from == 0
+    again = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
+    assert again.train.resumed_from == 1 and again.train.epochs_run == 1  # nothing left to do
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, beta=1.0))
+    fresh = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", other, progress=False)
+    assert fresh.train.resumed_from == 0
+
+
+def test_early_stopping_and_the_unlabelled_objective(tmp_path, smoke_preprocessed, smoke_cfg):
+    cfg = dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=30, patience=1, unlabelled=True, lr=1e-2))
+    r = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
+    assert r.n_unlabelled > 0
+    assert r.train.stopped_early and r.train.epochs_run < 30 and r.train.epochs_run == r.train.best_epoch + 1
+    assert "train_unlabelled_loss" in r.train.history[0]
+    # the kept weights are those of the best epoch: encoding again gives the saved encodings
+    net = step.load_network(tmp_path / "m")
+    import numpy as np
+
+    from scenesearch import storage
+
+    images = storage.read_array(smoke_preprocessed["images"] / "images.npy")
+    np.testing.assert_allclose(step.encode_all(net, images[:8]), storage.read_array(tmp_path / "m" / "encodings.npy")[:8], rtol=1e-5, atol=1e-5)
+
+
+def test_test_labels_never_reach_the_training_set(smoke_preprocessed):
+    data, classes = step.load_training_data(str(smoke_preprocessed["images"]), unlabelled=True)
+    from scenesearch import storage
+
+    index = storage.read_table(smoke_preprocessed["images"] / "index.parquet").to_pydict()
+    n_train = sum(1 for s, f in zip(index["split"], index["flip"]) if s == "train" and not f)
+    assert int((data.labels >= 0).sum()) == n_train
+    assert data.images.dtype == torch.uint8 and len(classes) == 4
