@@ -1,3 +1,5 @@
+from typing import List
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
@@ -5,14 +7,26 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def render(config_json: str, parent_run_id: str, manifest: Input[Dataset], views: Output[Dataset]):
-    """13 views of every scene (OpenGL through EGL) -> views.parquet."""
+def render_shard(config_json: str, shard: int, manifest: Input[Dataset], views: Output[Dataset]):
+    """13 views of one block of the scenes (OpenGL through EGL). Logs nothing, so it can be cached."""
+    from scenesearch import config, tracking
+    from scenesearch.render import step
+
+    cfg = config.from_json(config_json)
+    with tracking.untracked_step(f"render shard {shard}"):
+        result = step.run(manifest.path, views.path, cfg.render, shard, cfg.cluster.shards)
+    views.metadata.update({**result.metrics(), "shard": shard})
+
+
+@dsl.component(base_image=BASE_IMAGE)
+def render(config_json: str, parent_run_id: str, shards: Input[List[Dataset]], views: Output[Dataset]):
+    """Join the render shards into one views.parquet (manifest order)."""
     from scenesearch import config, tracking
     from scenesearch.render import step
 
     cfg = config.from_json(config_json)
     with tracking.step_run(cfg, parent_run_id, "render") as run:
-        result = step.run(manifest.path, views.path, cfg.render)
-        run.log_metrics(result.metrics())
+        result = step.merge([s.path for s in shards], views.path)
+        run.log_metrics({**result.metrics(), "n_shards": len(shards), "render_slowest_shard_seconds": result.seconds})
         run.log_params({"gl_renderer": result.gl_renderer})
     views.metadata.update(result.metrics())

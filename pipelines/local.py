@@ -48,6 +48,8 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     # The subprocess runner warns that the components name a container image; locally that is by design.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom", category=RuntimeWarning)
+    # ... and that the cluster settings (resources, retries, Kubernetes placement) do nothing here.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
     pipeline = make_pipeline(cfg)
     try:
         pipeline(config_json=cfg.to_json(), data_root=data_root if storage.is_remote(data_root) else str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())

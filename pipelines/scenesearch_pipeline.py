@@ -1,25 +1,28 @@
 """The scenesearch DAG: wiring only. Compile with `python -m pipelines.scenesearch_pipeline [preset]`.
 
-    start_run -> ingest -> render -> preprocess -> features -> similarity ----------------\\
-                                                \\            \\-> retrieve -> evaluate -> register
-                                                 \\-> train (one task per architecture) -/
+    start_run -> ingest -> render_shard x N -> render -> preprocess -> describe x N -> features
+        features -> similarity ------------------------------------------------------\\
+        features -> retrieve -> evaluate -> register (closes the MLflow parent run) <-/
+        preprocess -> train x architectures --/ (retrieve and register collect the models)
 
 The same function runs under kfp.local (pipelines/local.py) and compiles to IR YAML for a
-cluster. Resource requests that must be known at compile time come from the preset.
+cluster. Everything a cluster needs at compile time (images, GPUs, node placement, retries,
+resources, caching) comes from the config's `cluster` section; kfp.local ignores it except
+for the shard count.
 """
 
 
 import sys
 from pathlib import Path
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from components.evaluate import evaluate
-from components.features import features
+from components.features import describe, features
 from components.ingest import ingest
 from components.preprocess import preprocess
 from components.register import register
-from components.render import render
+from components.render import render, render_shard
 from components.retrieve import retrieve
 from components.similarity import similarity
 from components.start_run import start_run
@@ -27,39 +30,64 @@ from components.train import train
 from scenesearch import config as config_lib
 from scenesearch.config import RunConfig
 
+# What pipeline pods read from infra/'s ConfigMap and Secret (see infra/README.md).
+ENV_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def place(task: dsl.PipelineTask, cfg: RunConfig, image: str, gpu: bool = False, cache: bool = False) -> dsl.PipelineTask:
+    """Image, resources, GPU placement, retries, environment and caching of one task."""
+    c = cfg.cluster
+    task.set_container_image(c.image("gpu" if gpu else image))
+    task.set_cpu_request(c.gpu_cpu_request if gpu else c.cpu_request).set_memory_request(c.gpu_memory_request if gpu else c.memory_request)
+    if gpu:
+        task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        for item in c.gpu_node_selector:
+            kubernetes.add_node_selector(task, *item.split("="))
+        for item in c.gpu_tolerations:
+            key_value, _, effect = item.rpartition(":")
+            key, sep, value = key_value.partition("=")
+            kubernetes.add_toleration(task, key=key, operator="Equal" if sep else "Exists", value=value or None, effect=effect)
+    if c.retries:
+        task.set_retry(c.retries, backoff_duration="30s", backoff_factor=2.0)
+    if c.env_config_map:
+        kubernetes.use_config_map_as_env(task, c.env_config_map, {k: k for k in ENV_KEYS}, optional=True)
+    if c.env_secret:
+        kubernetes.use_secret_as_env(task, c.env_secret, {k: k for k in SECRET_KEYS}, optional=True)
+    # Tasks that log into the run's MLflow parent are never cached: a cached one would leave a hole there.
+    task.set_caching_options(cache and c.cache)
+    return task
+
 
 def make_pipeline(cfg: RunConfig):
     """The pipeline function with `cfg` as its default config parameter."""
+    shards = list(range(cfg.cluster.shards))
+    features_gpu = cfg.features.device == "cuda"
 
     @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, train CVAE-M2, retrieve, evaluate, register in MLflow.")
     def scenesearch(config_json: str = cfg.to_json(), data_root: str = cfg.data.root, run_name: str = cfg.name, git_commit: str = "unknown"):
-        run = start_run(config_json=config_json, run_name=run_name, git_commit=git_commit)
+        run = place(start_run(config_json=config_json, run_name=run_name, git_commit=git_commit), cfg, "base")
         common = {"config_json": config_json, "parent_run_id": run.outputs["Output"]}
-        ing = ingest(data_root=data_root, **common)
-        ren = render(manifest=ing.outputs["manifest"], **common)
-        pre = preprocess(manifest=ing.outputs["manifest"], views=ren.outputs["views"], **common)
-        fea = features(images=pre.outputs["images"], **common)
-        if cfg.features.device == "cuda":
-            fea.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        sim = similarity(features=fea.outputs["features"], **common)
+        ing = place(ingest(data_root=data_root, **common), cfg, "base")
+        with dsl.ParallelFor(items=shards, parallelism=len(shards)) as shard:
+            rs = place(render_shard(config_json=config_json, shard=shard, manifest=ing.outputs["manifest"]), cfg, "render", cache=True)
+        ren = place(render(shards=dsl.Collected(rs.outputs["views"]), **common), cfg, "base")
+        pre = place(preprocess(manifest=ing.outputs["manifest"], views=ren.outputs["views"], **common), cfg, "base")
+        with dsl.ParallelFor(items=shards, parallelism=len(shards)) as shard:
+            ds = place(describe(config_json=config_json, shard=shard, images=pre.outputs["images"]), cfg, "base", gpu=features_gpu, cache=True)
+        fea = place(features(images=pre.outputs["images"], descriptors=dsl.Collected(ds.outputs["descriptors"]), **common), cfg, "base")
+        sim = place(similarity(features=fea.outputs["features"], **common), cfg, "base")
         with dsl.ParallelFor(items=list(cfg.train.architectures), parallelism=len(cfg.train.architectures)) as architecture:
-            tr = train(images=pre.outputs["images"], architecture=architecture, config_json=config_json, run=run.outputs["run"])
-            if cfg.train.gpu:
-                tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-            tr.set_caching_options(False)
-        ret = retrieve(features=fea.outputs["features"], models=dsl.Collected(tr.outputs["model"]), **common)
-        ev = evaluate(
-            rankings=ret.outputs["rankings"],
-            manifest=ing.outputs["manifest"],
-            views=ren.outputs["views"],
-            images=pre.outputs["images"],
-            **common,
+            # the parent run id crosses into the loop as an artifact (see components/start_run.py)
+            tr = place(train(images=pre.outputs["images"], architecture=architecture, config_json=config_json, run=run.outputs["run"]), cfg, "base", gpu=cfg.train.gpu)
+        ret = place(retrieve(features=fea.outputs["features"], models=dsl.Collected(tr.outputs["model"]), **common), cfg, "base")
+        ev = place(
+            evaluate(rankings=ret.outputs["rankings"], manifest=ing.outputs["manifest"], views=ren.outputs["views"], images=pre.outputs["images"], **common),
+            cfg,
+            "base",
         )
-        reg = register(report=ev.outputs["report"], models=dsl.Collected(tr.outputs["model"]), fingerprint=ing.outputs["Output"], **common)
+        reg = place(register(report=ev.outputs["report"], models=dsl.Collected(tr.outputs["model"]), fingerprint=ing.outputs["Output"], **common), cfg, "base")
         reg.after(sim)  # register closes the parent MLflow run: every other task must be done by then
-        # Every task logs into this run's MLflow parent, so a cached task would leave a hole in it.
-        for task in (run, ing, ren, pre, fea, sim, ret, ev, reg):
-            task.set_caching_options(False)
 
     return scenesearch
 

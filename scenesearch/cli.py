@@ -141,8 +141,8 @@ def cmd_run(args) -> dict:
         if sep:
             results.setdefault(method, {})[metric] = value
     print("\n== scenesearch run finished ==")
-    order = ["ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"]
-    steps = sorted(run.step_seconds.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    order = ["ingest", "render", "preprocess", "features", "similarity", "train", "retrieve", "evaluate", "register"]
+    steps = sorted(run.step_seconds.items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].startswith(o)), len(order)))
     print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in steps) + f"; total {time.perf_counter() - t0:.1f}")
     for split in cfg.evaluate.splits:
         print(format_table(results, split, cfg.evaluate.k))
@@ -157,6 +157,24 @@ def cmd_compile(args) -> dict:
 
     cfg = _config(args)
     return {"path": str(compile_pipeline(cfg, args.out or f"dist/scenesearch_{cfg.name}.yaml"))}
+
+
+def cmd_submit(args) -> dict:
+    from pipelines.submit import submit
+
+    cfg = _config(args)
+
+    def submitted(r) -> None:
+        print(f"submitted run {r.run_id} ({r.run_name}) to experiment '{r.experiment}': {r.url or 'set KF_PIPELINES_UI_ENDPOINT for its UI link'}", flush=True)
+
+    r = submit(
+        cfg, args.host or None, data_root=args.data, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+        existing_token=args.token or None, kube_context=args.kube_context, ssl_ca_cert=args.ca_cert, watch=args.watch,
+        timeout_s=args.timeout, on_submitted=submitted,
+    )
+    if args.watch:
+        print(f"run {r.run_id} finished: {r.state}")
+    return r.to_dict()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
     add("compile", cmd_compile, "write the pipeline IR YAML", optional=("out",), out="output path (default dist/scenesearch_<preset>.yaml)")
+    sb = add("submit", cmd_submit, "compile the pipeline and start a run of it on Kubeflow Pipelines", optional=("data",), data="dataset root the cluster reads (default: the preset's data.root; normally an s3:// URI)")
+    sb.add_argument("--host", default=os.environ.get("KFP_HOST"), help="KFP API/UI address, e.g. http://localhost:8080 (default: $KFP_HOST; none: kubeconfig)")
+    sb.add_argument("--token", default=os.environ.get("KFP_TOKEN"), help="bearer token for the KFP API (default: $KFP_TOKEN, which keeps it out of the process list)")
+    sb.add_argument("--kube-context", help="kubeconfig context, used when no host is given (default: the current one)")
+    sb.add_argument("--ca-cert", help="CA bundle to verify the host's TLS certificate")
+    sb.add_argument("--namespace", help="KFP namespace (profile) of a multi-user deployment")
+    sb.add_argument("--experiment", help="KFP experiment, created when missing (default: tracking.experiment)")
+    sb.add_argument("--run-name", help="KFP run name, also the MLflow parent run's (default: <preset>-<time>)")
+    sb.add_argument("--watch", action="store_true", help="wait for the run to finish and exit 1 unless it SUCCEEDED")
+    sb.add_argument("--timeout", type=float, default=24 * 3600, help="seconds --watch waits (default 86400)")
     return p
 
 

@@ -141,7 +141,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RetrieveConfig:
     methods: tuple[str, ...] = ("vgg_baseline", "random")  # baselines; trained models add their own rows
-    alpha: float = 64 * 64 * 3  # weight of the class term of the CVAE distance
+    alpha: float = 12288.0  # 64 * 64 * 3, the pixel count (as in the paper): weight of the class term of the CVAE distance
 
     def validate(self) -> None:
         from scenesearch.retrieval import METHODS  # the registry is the list of allowed names
@@ -196,6 +196,45 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How the DAG runs on Kubernetes. kfp.local uses `shards` and ignores the rest."""
+
+    shards: int = 1  # render and VGG descriptors fan out over this many ParallelFor tasks
+    image_registry: str = ""  # e.g. registry.example.com/team; empty: local names scenesearch/<kind>
+    image_tag: str = "latest"  # `make images` tags with the git commit: pass it here (make submit does)
+    cache: bool = True  # cache the deterministic shard tasks by their inputs
+    retries: int = 2  # retries of every task, exponential backoff from 30 s (transient I/O, preemption)
+    cpu_request: str = "1"
+    memory_request: str = "4Gi"
+    gpu_cpu_request: str = "4"  # tasks with a GPU (descriptors, training)
+    gpu_memory_request: str = "16Gi"
+    gpu_node_selector: tuple[str, ...] = ()  # label=value pairs for tasks with a GPU
+    gpu_tolerations: tuple[str, ...] = ("nvidia.com/gpu:NoSchedule",)  # key[=value]:Effect
+    env_config_map: str = "scenesearch-env"  # MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL... (infra/); empty: none
+    env_secret: str = "scenesearch-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (infra/); empty: none
+
+    def validate(self) -> None:
+        _positive(self, "shards")
+        if self.retries < 0:
+            raise ConfigError(f"cluster.retries must be >= 0, got {self.retries}")
+        if not self.image_tag or any(c in self.image_tag for c in ":/@ "):
+            raise ConfigError(f"cluster.image_tag must be a plain tag without ':', '/', '@' or spaces, got '{self.image_tag}'")
+        for item in self.gpu_node_selector:
+            if item.count("=") != 1 or not all(item.split("=")):
+                raise ConfigError(f"cluster.gpu_node_selector entries look like label=value, got '{item}'")
+        for item in self.gpu_tolerations:
+            key, sep, effect = item.rpartition(":")
+            if not sep or not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ConfigError(f"cluster.gpu_tolerations entries look like key[=value]:NoSchedule|PreferNoSchedule|NoExecute, got '{item}'")
+
+    def image(self, kind: str) -> str:
+        """The image of a task kind (base, render, gpu) for this run."""
+        if kind not in ("base", "render", "gpu"):
+            raise ConfigError(f"unknown image kind '{kind}'; known: base, render, gpu")
+        return "/".join(p for p in (self.image_registry.rstrip("/"), "scenesearch") if p) + f"/{kind}:{self.image_tag}"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -209,6 +248,7 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> "RunConfig":
         if self.seed < 0:

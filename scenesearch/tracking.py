@@ -151,3 +151,14 @@ def step_run(cfg: RunConfig, parent_id: str, step: str) -> Iterator[StepRun]:
     handle.log_metrics({"step_seconds": time.perf_counter() - start})
     handle.log_metrics({f"{step}_seconds": time.perf_counter() - start}, parent=True)
     c.set_terminated(run.info.run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def untracked_step(step: str) -> Iterator[None]:
+    """For cacheable shard tasks, which log nothing (a cached task cannot log into a new run):
+    a user-facing failure prints its sentence (the task log; `scenesearch run` repeats it) and exits 1."""
+    try:
+        yield
+    except ScenesearchError as e:
+        print(f"scenesearch {step}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

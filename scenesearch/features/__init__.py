@@ -7,6 +7,7 @@ and ``pca.npz`` (mean, components, explained_variance_ratio) so a query can be p
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,17 +48,39 @@ class FeaturesResult:
         return {"feature_dim": self.dim, "features_images_per_s": self.images_per_s, "pca_explained_variance": self.explained_variance}
 
 
-def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0) -> FeaturesResult:
-    """Extract descriptors, fit PCA on the train split, write features.npy, index.parquet, pca.npz."""
-    src, dst = Path(preprocessed_dir), Path(out_dir)
-    images = torch.from_numpy(storage.read_array(src / "images.npy"))
-    index = storage.read_table(src / "index.parquet")
-    train = np.asarray(index.column("split").to_pylist()) == "train"
+def describe(preprocessed_dir: str, cfg: FeaturesConfig, seed: int = 0, shard: int = 0, n_shards: int = 1) -> tuple[np.ndarray, float, str]:
+    """VGG16 descriptors of the contiguous block `shard` of `n_shards` of the images.
+
+    Returns:
+        (descriptors (n, 5376) float32, images per second, device name).
+    """
+    from scenesearch.sharding import block
+
+    images = storage.read_array(Path(preprocessed_dir) / "images.npy", mmap=True)
+    rows = block(len(images), shard, n_shards)
     device = resolve_device(cfg.device)
     model = build_descriptor(cfg.weights, seed)
     start = time.perf_counter()
-    desc = extract(model, images, cfg.batch_size, device, cfg.input_size).numpy()
-    rate = len(images) / max(time.perf_counter() - start, 1e-9)
+    desc = extract(model, torch.from_numpy(np.array(images[rows], dtype=np.float32)), cfg.batch_size, device, cfg.input_size).numpy()
+    return desc, (rows.stop - rows.start) / max(time.perf_counter() - start, 1e-9), str(device)
+
+
+def write_descriptors(out_dir: str, desc: np.ndarray, rate: float, device: str) -> None:
+    storage.write_array(Path(out_dir) / "descriptors.npy", desc)
+    storage.write_bytes(Path(out_dir) / "describe.json", json.dumps({"images_per_s": rate, "device": device}).encode())
+
+
+def finish(preprocessed_dir: str, desc: np.ndarray, out_dir: str, cfg: FeaturesConfig, seed: int, rate: float, device: str) -> FeaturesResult:
+    """Fit PCA on the train rows of the descriptors, write features.npy, index.parquet, pca.npz.
+
+    Raises:
+        DataError: the descriptors do not match the images one to one.
+    """
+    src, dst = Path(preprocessed_dir), Path(out_dir)
+    index = storage.read_table(src / "index.parquet")
+    if len(desc) != index.num_rows:
+        raise DataError(f"{len(desc)} descriptors for {index.num_rows} images: a descriptor shard is missing")
+    train = np.asarray(index.column("split").to_pylist()) == "train"
     pca = fit_pca(desc, train, cfg.pca_dim, seed)
     feats = pca.transform(desc).astype(np.float32)
     dst.mkdir(parents=True, exist_ok=True)
@@ -66,4 +89,18 @@ def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0)
         with open(tmp, "wb") as f:
             np.savez(f, mean=pca.mean_, components=pca.components_, explained_variance_ratio=pca.explained_variance_ratio_)
     storage.write_bytes(dst / "index.parquet", storage.read_bytes(src / "index.parquet"))
-    return FeaturesResult(len(feats), feats.shape[1], cfg.weights, str(device), rate, float(pca.explained_variance_ratio_.sum()))
+    return FeaturesResult(len(feats), feats.shape[1], cfg.weights, device, rate, float(pca.explained_variance_ratio_.sum()))
+
+
+def merge(preprocessed_dir: str, shard_dirs: list[str], out_dir: str, cfg: FeaturesConfig, seed: int = 0) -> FeaturesResult:
+    """Join descriptor shards (in shard order = image order), then `finish`."""
+    desc = np.concatenate([storage.read_array(Path(d) / "descriptors.npy") for d in shard_dirs])
+    stats = [json.loads(storage.read_bytes(Path(d) / "describe.json")) for d in shard_dirs]
+    rate = sum(s["images_per_s"] for s in stats)  # shards run side by side on a cluster
+    return finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, stats[0]["device"])
+
+
+def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0) -> FeaturesResult:
+    """Extract descriptors, fit PCA on the train split, write features.npy, index.parquet, pca.npz."""
+    desc, rate, device = describe(preprocessed_dir, cfg, seed)
+    return finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, device)

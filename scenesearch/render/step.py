@@ -6,6 +6,8 @@ added to ``rejected.parquet`` with their reason; the others go on.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,18 +44,20 @@ class RenderResult:
         }
 
 
-def run(manifest_dir: str, out_dir: str, cfg: RenderConfig) -> RenderResult:
-    """Render every scene of the manifest.
+def run(manifest_dir: str, out_dir: str, cfg: RenderConfig, shard: int = 0, n_shards: int = 1) -> RenderResult:
+    """Render every scene of the manifest, or only the contiguous block `shard` of `n_shards`.
 
     Raises:
-        DataError: no scene could be rendered.
+        DataError: no scene could be rendered (unsharded; a shard may come out empty, `merge` decides).
     """
+    from scenesearch.sharding import block
+
     manifest = storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()
-    scenes = [r for r in manifest if r["domain"] == "scene"]
+    scenes = [r for r in manifest if r["domain"] == "scene"][block(sum(r["domain"] == "scene" for r in manifest), shard, n_shards)]
     lighting = Lighting(background=tuple(cfg.background))
     rows, rejected = [], []
     start = time.perf_counter()
-    for r in tqdm(scenes, desc="render", unit="scene"):
+    for r in tqdm(scenes, desc=f"render {shard + 1}/{n_shards}" if n_shards > 1 else "render", unit="scene"):
         try:
             mesh = load_mesh(r["uri"])
             views = render_mesh_views(mesh, cfg.size, cfg.render_size, cfg.n_views, cfg.elevation_deg, cfg.fov_deg, lighting)
@@ -65,8 +69,28 @@ def run(manifest_dir: str, out_dir: str, cfg: RenderConfig) -> RenderResult:
             continue
         rows.extend({"item_id": r["item_id"], "view": v, "png": storage.png_bytes(img)} for v, img in enumerate(views))
     seconds = time.perf_counter() - start
-    if not rows:
+    if not rows and n_shards == 1:
         raise DataError(f"no scene could be rendered ({len(rejected)} of {len(scenes)} rejected)")
+    result = RenderResult(len(scenes) - len(rejected), len(rows), len(rejected), seconds, renderer_info()["gl_renderer"])
     storage.write_table(Path(out_dir) / "views.parquet", pa.Table.from_pylist(rows, schema=VIEWS_SCHEMA))
     write_rejected(Path(out_dir) / "rejected.parquet", rejected)
-    return RenderResult(len(scenes) - len(rejected), len(rows), len(rejected), seconds, renderer_info()["gl_renderer"])
+    storage.write_bytes(Path(out_dir) / "render.json", json.dumps(dataclasses.asdict(result)).encode())
+    return result
+
+
+def merge(shard_dirs: list[str], out_dir: str) -> RenderResult:
+    """Concatenate shard outputs in shard order (= manifest order) into one views.parquet.
+
+    Raises:
+        DataError: no shard rendered any scene.
+    """
+    results = [RenderResult(**json.loads(storage.read_bytes(Path(d) / "render.json"))) for d in shard_dirs]
+    views = pa.concat_tables([storage.read_table(Path(d) / "views.parquet") for d in shard_dirs])
+    rejected = pa.concat_tables([storage.read_table(Path(d) / "rejected.parquet") for d in shard_dirs])
+    n_rejected = sum(r.n_rejected for r in results)
+    if views.num_rows == 0:
+        raise DataError(f"no scene could be rendered ({n_rejected} of {n_rejected + sum(r.n_scenes for r in results)} rejected)")
+    storage.write_table(Path(out_dir) / "views.parquet", views)
+    storage.write_table(Path(out_dir) / "rejected.parquet", rejected)
+    # shards run side by side on a cluster: the step's time is the slowest shard's
+    return RenderResult(sum(r.n_scenes for r in results), views.num_rows, n_rejected, max(r.seconds for r in results), results[0].gl_renderer)

@@ -9,11 +9,11 @@ from kfp.dsl import Artifact, Dataset, Metrics, Model
 from mlflow.tracking import MlflowClient
 
 from components.evaluate import evaluate
-from components.features import features
+from components.features import describe, features
 from components.ingest import ingest
 from components.preprocess import preprocess
 from components.register import register
-from components.render import render
+from components.render import render, render_shard
 from components.retrieve import retrieve
 from components.similarity import similarity
 from components.start_run import start_run
@@ -37,9 +37,16 @@ def test_components_chain_and_log_to_mlflow(tmp_path, smoke_dataset, smoke_cfg, 
     sim_metrics, eval_metrics = _artifact(Metrics, tmp_path, "sim_metrics"), _artifact(Metrics, tmp_path, "eval_metrics")
 
     fingerprint = ingest.python_func(data_root=str(smoke_dataset), manifest=manifest, **common)
-    render.python_func(manifest=manifest, views=views, **common)
+    # smoke runs two shards: render and describe each block, then the merges join them
+    view_shards = [_artifact(Dataset, tmp_path, f"views-{i}") for i in range(2)]
+    for i, shard in enumerate(view_shards):
+        render_shard.python_func(config_json=cfg, shard=i, manifest=manifest, views=shard)
+    render.python_func(shards=view_shards, views=views, **common)
     preprocess.python_func(manifest=manifest, views=views, images=images, **common)
-    features.python_func(images=images, features=feats, **common)
+    desc_shards = [_artifact(Dataset, tmp_path, f"desc-{i}") for i in range(2)]
+    for i, shard in enumerate(desc_shards):
+        describe.python_func(config_json=cfg, shard=i, images=images, descriptors=shard)
+    features.python_func(images=images, descriptors=desc_shards, features=feats, **common)
     similarity.python_func(features=feats, clusters=clusters, metrics=sim_metrics, **common)
     model = _artifact(Model, tmp_path, "model")
     train.python_func(images=images, architecture="cvae1", model=model, config_json=cfg, run=run_artifact)
@@ -48,7 +55,8 @@ def test_components_chain_and_log_to_mlflow(tmp_path, smoke_dataset, smoke_cfg, 
     register.python_func(fingerprint=fingerprint, report=report, models=[model], **common)
 
     assert manifest.metadata["fingerprint"] == fingerprint and manifest.metadata["n_scenes"] == 16
-    assert views.metadata["n_views"] == 16 * 13
+    assert views.metadata["n_views"] == 16 * 13 and [v.metadata["n_views"] for v in view_shards] == [8 * 13, 8 * 13]
+    assert sum(d.metadata["n_images"] for d in desc_shards) == images.metadata["n_images"]
     assert {"kmeans_purity", "kmeans_nmi", "kmeans_ari"} <= set(sim_metrics.metadata)
     assert "vgg_baseline.test_mAP" in eval_metrics.metadata and "cvae1.test_mAP" in eval_metrics.metadata
     assert model.metadata["architecture"] == "cvae1" and model.metadata["epochs_run"] >= 1
@@ -96,38 +104,86 @@ def test_a_failing_step_marks_the_runs_failed_with_its_sentence(tmp_path, smoke_
     assert parent.data.tags["error"] == f"ingest: dataset root {tmp_path / 'missing'} does not exist or is not a folder"
 
 
-def test_pipeline_compiles_with_every_step(tmp_path, smoke_cfg):
-    import dataclasses
-
+def _compile(tmp_path, cfg, name="p.yaml"):
     import yaml
 
     from pipelines.scenesearch_pipeline import compile_pipeline
 
-    path = compile_pipeline(smoke_cfg, tmp_path / "p.yaml")
-    spec = yaml.safe_load(path.read_text())
+    pipeline, platform = yaml.safe_load_all(compile_pipeline(cfg, tmp_path / name).read_text())  # IR, then the Kubernetes part
+    return {**pipeline, **platform}
+
+
+def _loops(spec):
+    """{task inside a ParallelFor: (loop task name, items)} of the root DAG."""
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"start-run", "ingest", "render", "preprocess", "features", "similarity", "for-loop-2", "retrieve", "evaluate", "register"}
+    out = {}
+    for name, t in tasks.items():
+        if "parameterIterator" in t:
+            inner = spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
+            out.update({n: (name, t["parameterIterator"]["items"]["raw"]) for n in inner})
+    return out
+
+
+def test_pipeline_compiles_with_every_step_and_the_fan_outs(tmp_path, smoke_cfg):
+    import dataclasses
+
+    spec = _compile(tmp_path, smoke_cfg)
+    tasks = spec["root"]["dag"]["tasks"]
+    loops = _loops(spec)
+    assert {"start-run", "ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate", "register"} <= set(tasks)
+    assert loops["render-shard"][1] == loops["describe"][1] == "[0, 1]"  # smoke: two shards
+    assert loops["train"][1] == '["cvae1"]'
+    assert tasks["render"]["dependentTasks"] == sorted([loops["render-shard"][0], "start-run"])
+    assert tasks["features"]["dependentTasks"] == sorted([loops["describe"][0], "preprocess", "start-run"])
+    assert tasks["register"]["dependentTasks"] == sorted(["evaluate", loops["train"][0], "ingest", "similarity", "start-run"])
     assert tasks["evaluate"]["dependentTasks"] == sorted(["ingest", "preprocess", "render", "retrieve", "start-run"])
-    assert tasks["register"]["dependentTasks"] == sorted(["evaluate", "for-loop-2", "ingest", "similarity", "start-run"])
-    loop = tasks["for-loop-2"]
-    assert loop["parameterIterator"]["items"]["raw"] == '["cvae1"]'
-    assert "train" in spec["components"]["comp-for-loop-2"]["dag"]["tasks"]
-    assert all(t.get("cachingOptions", {}) == {} for t in tasks.values())  # caching off everywhere
+
     executors = spec["deploymentSpec"]["executors"]
-    assert all(e["container"]["image"] for e in executors.values())
-    assert not any("accelerator" in e["container"].get("resources", {}) for e in executors.values())
+    containers = {name.removeprefix("exec-"): e["container"] for name, e in executors.items()}
+    assert containers["render-shard"]["image"] == "scenesearch/render:latest"
+    assert {c["image"] for n, c in containers.items() if n != "render-shard"} == {"scenesearch/base:latest"}
+    assert not any("accelerator" in c.get("resources", {}) for c in containers.values())
+    assert all(c["resources"]["resourceCpuRequest"] == "1" and c["resources"]["resourceMemoryRequest"] == "4Gi" for c in containers.values())
 
-    gpu = dataclasses.replace(smoke_cfg, features=dataclasses.replace(smoke_cfg.features, device="cuda"))
-    gpu_spec = yaml.safe_load(compile_pipeline(gpu, tmp_path / "gpu.yaml").read_text())
-    res = gpu_spec["deploymentSpec"]["executors"]["exec-features"]["container"]["resources"]
-    assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert "accelerator" not in gpu_spec["deploymentSpec"]["executors"]["exec-train"]["container"].get("resources", {})
+    # caching: only the shard tasks, which log nothing to MLflow; retries everywhere
+    def all_tasks():
+        yield from tasks.items()
+        for comp in spec["components"].values():
+            yield from comp.get("dag", {}).get("tasks", {}).items()
 
-    gpu_train = dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, gpu=True, architectures=("cvae1", "cvae2")))
-    spec = yaml.safe_load(compile_pipeline(gpu_train, tmp_path / "gpu_train.yaml").read_text())
-    res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
-    assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert spec["root"]["dag"]["tasks"]["for-loop-2"]["parameterIterator"]["items"]["raw"] == '["cvae1", "cvae2"]'
+    for name, t in all_tasks():
+        if "componentRef" in t and not name.startswith("for-loop"):
+            assert t.get("cachingOptions", {}).get("enableCache", False) is (name in ("render-shard", "describe")), name
+            assert t["retryPolicy"]["maxRetryCount"] == 2 and t["retryPolicy"]["backoffDuration"] == "30s", name
+
+    # every executor reads the MLflow URI and S3 credentials from infra/'s ConfigMap and Secret
+    k8s = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == set(executors)
+    for e in k8s.values():
+        assert e["configMapAsEnv"][0]["configMapName"] == "scenesearch-env" and e["secretAsEnv"][0]["secretName"] == "scenesearch-s3"
+        assert "nodeSelector" not in e and "tolerations" not in e
+
+    gpu = dataclasses.replace(
+        smoke_cfg,
+        features=dataclasses.replace(smoke_cfg.features, device="cuda"),
+        train=dataclasses.replace(smoke_cfg.train, gpu=True, architectures=("cvae1", "cvae2")),
+        cluster=dataclasses.replace(smoke_cfg.cluster, image_registry="reg.example/team", image_tag="abc1234", gpu_node_selector=("pool=gpu",), shards=3, cache=False, retries=0),
+    )
+    spec = _compile(tmp_path, gpu, "gpu.yaml")
+    containers = {name.removeprefix("exec-"): e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    for name in ("describe", "train"):
+        res = containers[name]["resources"]
+        assert res["accelerator"]["resourceCount"] == "1" and res["accelerator"]["resourceType"] == "nvidia.com/gpu", name
+        assert containers[name]["image"] == "reg.example/team/scenesearch/gpu:abc1234" and res["resourceMemoryRequest"] == "16Gi"
+        k8s = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{name}"]
+        assert k8s["nodeSelector"]["labels"] == {"pool": "gpu"}
+        assert k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "accelerator" not in containers["features"].get("resources", {})
+    assert containers["render-shard"]["image"] == "reg.example/team/scenesearch/render:abc1234"
+    loops = _loops(spec)
+    assert loops["describe"][1] == "[0, 1, 2]" and loops["train"][1] == '["cvae1", "cvae2"]'
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for c in spec["components"].values() for t in c.get("dag", {}).get("tasks", {}).values())
+    assert not any("retryPolicy" in t for t in spec["root"]["dag"]["tasks"].values())
 
 
 def test_components_import_only_stdlib_and_kfp_at_module_level():
