@@ -58,11 +58,3 @@ def build_model(architecture: str, n_classes: int, image_size: int, decoder_vari
     if image_size % (2 ** len(spec.channels)) or image_size < 2 ** len(spec.channels):
         raise ConfigError(f"{architecture} halves the image {len(spec.channels)} times, so the image size must be a multiple of {2 ** len(spec.channels)}, got {image_size}")
     return CVAE(architecture, spec, n_classes, image_size, decoder_variance, weights, seed)
-
-
-if __name__ == "__main__":  # the README's table of parameter counts
-    for name in ARCHITECTURES:
-        net = build_model(name, n_classes=10, image_size=64)
-        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in net.parameters())
-        print(f"{name:9s} latent {ARCHITECTURES[name].latent:4d}  trainable {trainable:>11,d}  total {total:>11,d}")
