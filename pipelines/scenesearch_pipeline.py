@@ -37,8 +37,10 @@ SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 def place(task: dsl.PipelineTask, cfg: RunConfig, image: str, gpu: bool = False, cache: bool = False) -> dsl.PipelineTask:
     """Image, resources, GPU placement, retries, environment and caching of one task."""
+    from scenesearch.tracking import git_commit
+
     c = cfg.cluster
-    task.set_container_image(c.image("gpu" if gpu else image))
+    task.set_container_image(c.image("gpu" if gpu else image, git_commit()))
     task.set_cpu_request(c.gpu_cpu_request if gpu else c.cpu_request).set_memory_request(c.gpu_memory_request if gpu else c.memory_request)
     if gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)

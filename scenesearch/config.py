@@ -201,7 +201,7 @@ class ClusterConfig:
 
     shards: int = 1  # render and VGG descriptors fan out over this many ParallelFor tasks
     image_registry: str = ""  # e.g. registry.example.com/team; empty: local names scenesearch/<kind>
-    image_tag: str = "latest"  # `make images` tags with the git commit: pass it here (make submit does)
+    image_tag: str = ""  # empty: the git commit of the checkout that compiles (what `make images` tags)
     cache: bool = True  # cache the deterministic shard tasks by their inputs
     retries: int = 2  # retries of every task, exponential backoff from 30 s (transient I/O, preemption)
     cpu_request: str = "1"
@@ -217,7 +217,7 @@ class ClusterConfig:
         _positive(self, "shards")
         if self.retries < 0:
             raise ConfigError(f"cluster.retries must be >= 0, got {self.retries}")
-        if not self.image_tag or any(c in self.image_tag for c in ":/@ "):
+        if any(c in self.image_tag for c in ":/@ "):
             raise ConfigError(f"cluster.image_tag must be a plain tag without ':', '/', '@' or spaces, got '{self.image_tag}'")
         for item in self.gpu_node_selector:
             if item.count("=") != 1 or not all(item.split("=")):
@@ -227,11 +227,13 @@ class ClusterConfig:
             if not sep or not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
                 raise ConfigError(f"cluster.gpu_tolerations entries look like key[=value]:NoSchedule|PreferNoSchedule|NoExecute, got '{item}'")
 
-    def image(self, kind: str) -> str:
-        """The image of a task kind (base, render, gpu) for this run."""
+    def image(self, kind: str, commit: str = "unknown") -> str:
+        """The image of a task kind (base, render, gpu) for this run; `commit` tags it when image_tag is empty."""
         if kind not in ("base", "render", "gpu"):
             raise ConfigError(f"unknown image kind '{kind}'; known: base, render, gpu")
-        return "/".join(p for p in (self.image_registry.rstrip("/"), "scenesearch") if p) + f"/{kind}:{self.image_tag}"
+        sha = commit.removesuffix("-dirty")
+        tag = self.image_tag or (sha[:7] if sha != "unknown" else "latest")
+        return "/".join(p for p in (self.image_registry.rstrip("/"), "scenesearch") if p) + f"/{kind}:{tag}"
 
 
 @dataclass(frozen=True)

@@ -140,8 +140,11 @@ def test_pipeline_compiles_with_every_step_and_the_fan_outs(tmp_path, smoke_cfg)
 
     executors = spec["deploymentSpec"]["executors"]
     containers = {name.removeprefix("exec-"): e["container"] for name, e in executors.items()}
-    assert containers["render-shard"]["image"] == "scenesearch/render:latest"
-    assert {c["image"] for n, c in containers.items() if n != "render-shard"} == {"scenesearch/base:latest"}
+    from scenesearch.tracking import git_commit
+
+    tag = git_commit()[:7]  # the images `make images` builds from this checkout
+    assert containers["render-shard"]["image"] == f"scenesearch/render:{tag}"
+    assert {c["image"] for n, c in containers.items() if n != "render-shard"} == {f"scenesearch/base:{tag}"}
     assert not any("accelerator" in c.get("resources", {}) for c in containers.values())
     assert all(c["resources"]["resourceCpuRequest"] == "1" and c["resources"]["resourceMemoryRequest"] == "4Gi" for c in containers.values())
 
