@@ -121,6 +121,32 @@ def _build_s3_client(env_key: str):
     return session.client("s3", endpoint_url=endpoint, config=config)
 
 
+def _arrow_s3():
+    """pyarrow's S3 filesystem with the endpoint, region and credentials boto3 resolved."""
+    env = repr([os.environ.get(v) for v in _CLIENT_VARIABLES])
+    return _build_arrow_s3(hashlib.sha256(env.encode()).hexdigest())
+
+
+@functools.lru_cache(maxsize=8)
+def _build_arrow_s3(env_key: str):
+    import boto3
+    from pyarrow import fs
+
+    creds = boto3.session.Session().get_credentials()  # the chain boto3 resolves (env, profile, role)
+    frozen = creds.get_frozen_credentials() if creds is not None else None
+    endpoint = urlsplit(s3_endpoint()) if s3_endpoint() else None
+    return fs.S3FileSystem(
+        access_key=frozen.access_key if frozen else None,
+        secret_key=frozen.secret_key if frozen else None,
+        session_token=frozen.token if frozen else None,
+        region=_s3_client().meta.region_name,
+        endpoint_override=endpoint.netloc if endpoint else None,
+        scheme=endpoint.scheme if endpoint else "https",
+        connect_timeout=CONNECT_TIMEOUT_S,
+        retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+    )
+
+
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
@@ -247,8 +273,13 @@ def sha256(data: bytes) -> str:
 
 
 def read_table(path: str | os.PathLike) -> pa.Table:
+    """A Parquet table; from S3 through pyarrow's own S3 filesystem (ranged, column-wise reads)."""
     if is_s3(path):
-        return pq.read_table(pa.BufferReader(read_bytes(path, what="table")))
+        bucket, key = _s3_parts(path)
+        try:
+            return pq.read_table(f"{bucket}/{key}", filesystem=_arrow_s3())
+        except OSError:  # any failure: boto3's read names it in one sentence without credentials
+            return pq.read_table(pa.BufferReader(read_bytes(path, what="table")))
     path = _local(path)
     if not path.is_file():
         raise DataError(f"table not found: {path}")
