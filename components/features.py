@@ -26,7 +26,7 @@ def features(config_json: str, parent_run_id: str, images: Input[Dataset], descr
     cfg = config.from_json(config_json)
     with tracking.step_run(cfg, parent_run_id, "features") as run:
         result = step.merge(images.path, [d.path for d in descriptors], features.path, cfg.features, cfg.seed)
-        run.log_metrics({**result.metrics(), "n_shards": len(descriptors)})
+        run.log_metrics({**result.metrics(), "n_shards": len(descriptors), "slowest_shard_seconds": result.shard_seconds})
         run.log_params({"weights_used": result.weights, "device": result.device})
         run.log_params({"weights_used": result.weights}, parent=True)
     features.metadata.update({**result.metrics(), "weights": result.weights})

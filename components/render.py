@@ -27,6 +27,6 @@ def render(config_json: str, parent_run_id: str, shards: Input[List[Dataset]], v
     cfg = config.from_json(config_json)
     with tracking.step_run(cfg, parent_run_id, "render") as run:
         result = step.merge([s.path for s in shards], views.path)
-        run.log_metrics({**result.metrics(), "n_shards": len(shards), "render_slowest_shard_seconds": result.seconds})
+        run.log_metrics({**result.metrics(), "n_shards": len(shards), "slowest_shard_seconds": result.seconds})
         run.log_params({"gl_renderer": result.gl_renderer})
     views.metadata.update(result.metrics())

@@ -79,5 +79,7 @@ def _collect(uri: str, experiment: str, run_name: str, root: str) -> _Collected:
     parent = parents[0]
     children = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
     steps = {r.data.tags.get("step"): r.data.metrics.get("step_seconds", float("nan")) for r in children if r.data.tags.get("step")}
+    # the shard tasks log nothing themselves (they are cacheable); their merge records the slowest
+    steps.update({f"{r.data.tags['step']} shards": r.data.metrics["slowest_shard_seconds"] for r in children if "slowest_shard_seconds" in r.data.metrics})
     run = LocalRun(uri, exp.experiment_id, parent.info.run_id, run_name, parent.info.status, dict(parent.data.metrics), steps, root)
     return _Collected(run, parent.info.status, parent.data.tags.get("error", ""))

@@ -7,6 +7,7 @@ and ``pca.npz`` (mean, components, explained_variance_ratio) so a query can be p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class FeaturesResult:
     device: str
     images_per_s: float
     explained_variance: float
+    shard_seconds: float = 0.0  # the slowest descriptor shard (merge only)
 
     def metrics(self) -> dict[str, float]:
         return {"feature_dim": self.dim, "features_images_per_s": self.images_per_s, "pca_explained_variance": self.explained_variance}
@@ -67,7 +69,7 @@ def describe(preprocessed_dir: str, cfg: FeaturesConfig, seed: int = 0, shard: i
 
 def write_descriptors(out_dir: str, desc: np.ndarray, rate: float, device: str) -> None:
     storage.write_array(Path(out_dir) / "descriptors.npy", desc)
-    storage.write_bytes(Path(out_dir) / "describe.json", json.dumps({"images_per_s": rate, "device": device}).encode())
+    storage.write_bytes(Path(out_dir) / "describe.json", json.dumps({"images_per_s": rate, "device": device, "n_images": len(desc)}).encode())
 
 
 def finish(preprocessed_dir: str, desc: np.ndarray, out_dir: str, cfg: FeaturesConfig, seed: int, rate: float, device: str) -> FeaturesResult:
@@ -97,7 +99,8 @@ def merge(preprocessed_dir: str, shard_dirs: list[str], out_dir: str, cfg: Featu
     desc = np.concatenate([storage.read_array(Path(d) / "descriptors.npy") for d in shard_dirs])
     stats = [json.loads(storage.read_bytes(Path(d) / "describe.json")) for d in shard_dirs]
     rate = sum(s["images_per_s"] for s in stats)  # shards run side by side on a cluster
-    return finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, stats[0]["device"])
+    slowest = max(s["n_images"] / max(s["images_per_s"], 1e-9) for s in stats)
+    return dataclasses.replace(finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, stats[0]["device"]), shard_seconds=slowest)
 
 
 def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0) -> FeaturesResult:
