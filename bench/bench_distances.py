@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         f"inputs {sum(t.numel() for t in inputs) * 4 / 2**20:.1f} MiB float32, built before"
     )
     print(f"  every variant of ours also holds the scene-side matmul features, S*V*(5d+2C) = {n_s * n_v}x{k}: {fixed_mib:.0f} MiB in float64 ({fixed_mib / 2:.0f} MiB in float32)")
-    print(f"  {'variant':24s} {'max_elements':>12s} {'blocks':>6s} {'block (float64)':>15s} {'peak growth':>12s} {'seconds':>8s}")
-    print("  (seconds: that one call in a fresh process, first touch of every page included)")
+    print(f"  {'variant':24s} {'max_elements':>12s} {'blocks':>6s} {'block':>15s} {'peak growth':>12s} {'seconds':>8s}")
     variants = [("ours float64", {"kind": "ours", "dtype": "float64", "max_elements": e}) for e in MEMORY_MAX_ELEMENTS]
     variants.append(("ours float64, one block", {"kind": "ours", "dtype": "float64", "max_elements": n_q * n_s * n_v}))
     variants.append(("ours float32", {"kind": "ours", "dtype": "float32", "max_elements": DEFAULT_MAX_ELEMENTS}))
@@ -248,13 +247,14 @@ def main(argv: list[str] | None = None) -> None:
             qb, sb = block_elements(n_q, n_s, n_v, e)
             blocks = str(math.ceil(n_q / qb) * math.ceil(n_s / sb))
             elems = qb * min(sb, n_s) * n_v
-            block = f"{elems * 8 / 2**20:.0f} MiB"
+            block = f"{elems * getattr(torch, spec['dtype']).itemsize / 2**20:.0f} MiB"
             size = f"2^{e.bit_length() - 1}" if e & (e - 1) == 0 else f"{e:,d}"
             if spec["dtype"] == "float64" and e in MEMORY_MAX_ELEMENTS:
                 growth[elems] = r["peak_growth_mib"]
         else:
-            size, blocks, block = "-", "-", f"{n_q * n_v * d * 8 / 2**20:.0f} MiB/temp"
+            size, blocks, block = "-", "-", f"{n_q * n_v * d * 8 / 2**20:.0f} MiB a temp"
         print(f"  {label:24s} {size:>12s} {blocks:>6s} {block:>15s} {r['peak_growth_mib']:>8.0f} MiB {r['seconds']:>8.2f}")
+    print("  (seconds: that one call in a fresh process, first touch of every page included)")
     if len(growth) >= 2:
         (e0, g0), (e1, g1) = min(growth.items()), max(growth.items())
         slope = (g1 - g0) * 2**20 / (e1 - e0)
