@@ -68,6 +68,11 @@ class PreprocessResult:
         return {"n_images": self.n_images, "n_preprocess_rejected": self.n_rejected}
 
 
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Preprocessed pixels in [0, 1] back to uint8 (rounded, clipped); any layout."""
+    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
 def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) -> PreprocessResult:
     """Preprocess every render and every query photo.
 

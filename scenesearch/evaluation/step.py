@@ -22,7 +22,7 @@ from scenesearch.data.ingest import REJECTED_SCHEMA, decode_image
 from scenesearch.errors import DataError
 from scenesearch.evaluation.metrics import per_class_metrics, pr_curve, retrieval_metrics
 from scenesearch.evaluation.plots import plot_gallery, plot_pr_curves
-from scenesearch.preprocess import preprocess_images
+from scenesearch.preprocess import preprocess_images, to_uint8
 
 
 def metric_key(split: str, name: str) -> str:
@@ -146,7 +146,7 @@ def _gallery(d, queries, scenes, mask, manifest_dir, views_dir, cfg: EvaluateCon
     q_imgs, ranked_imgs, ranked_labels = [], [], []
     for i in chosen:
         raw = decode_image(queries["item_id"][i], storage.read_bytes(manifest[queries["item_id"][i]]["uri"]))
-        q_imgs.append((preprocess_images([raw], 64, flips=False)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        q_imgs.append(to_uint8(preprocess_images([raw], 64, flips=False)[0].permute(1, 2, 0).numpy()))
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
         ranked_imgs.append([decode_image(scenes["item_id"][j], first_view[scenes["item_id"][j]]) for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])

@@ -93,11 +93,12 @@ def build_descriptor(weights: str = "none", seed: int = 0) -> VGGDescriptor:
     return VGGDescriptor(model, weights)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "features.device") -> torch.device:
+    """auto: CUDA when present, else the CPU; `field` names the config option in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("features.device=cuda but no CUDA device is available; use auto or cpu")
+        raise ConfigError(f"{field}=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 
 

@@ -97,8 +97,10 @@ def _as_images(model_input) -> np.ndarray:
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] < 8 or x.shape[2] < 8:
         raise ValueError(f"expected RGB images shaped (batch, height, width, 3), got an array of shape {x.shape}")
     if x.dtype != np.uint8:
+        from scenesearch.preprocess import to_uint8
+
         if np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
-            x = np.rint(x * 255)
+            return to_uint8(x)  # [0, 1] floats
         x = np.clip(x, 0, 255).astype(np.uint8)
     return x
 

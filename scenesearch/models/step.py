@@ -26,8 +26,10 @@ import torch
 from scenesearch import storage
 from scenesearch.config import RunConfig
 from scenesearch.errors import DataError
+from scenesearch.features.vgg import resolve_device
 from scenesearch.models import build_model
-from scenesearch.models.train import TrainData, TrainResult, config_hash, resolve_device, train
+from scenesearch.models.train import TrainData, TrainResult, config_hash, train
+from scenesearch.preprocess import to_uint8
 
 
 def load_training_data(preprocessed_dir: str, unlabelled: bool = False) -> tuple[TrainData, list[str]]:
@@ -51,7 +53,7 @@ def load_training_data(preprocessed_dir: str, unlabelled: bool = False) -> tuple
     x = np.asarray(images[np.asarray(rows)])
     if not np.isfinite(x).all():
         raise DataError(f"{src / 'images.npy'} holds NaN or infinite pixels")
-    pixels = torch.from_numpy(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8))
+    pixels = torch.from_numpy(to_uint8(x))
     return TrainData(pixels, torch.tensor(ids, dtype=torch.long)), classes
 
 
@@ -147,7 +149,7 @@ def run(
     index = storage.read_table(src / "index.parquet").to_pydict()
     size = int(images.shape[-1])
     model = build_model(architecture, len(classes), size, cfg.train.decoder_variance, cfg.features.weights, cfg.seed)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     validate = make_validator(images, index, classes, model.latent, cfg.retrieve.alpha, cfg.evaluate.k, device)
     has_val_queries = bool(np.any((np.asarray(index["split"]) == "val") & (np.asarray(index["domain"]) == "query")))
     run_hash = config_hash(cfg.train, {"architecture": architecture, "seed": cfg.seed, "classes": classes, "n": len(data.labels), "weights": cfg.features.weights})
@@ -195,7 +197,7 @@ def first_query_image(preprocessed_dir: str) -> np.ndarray:
     index = storage.read_table(src / "index.parquet").to_pydict()
     rows = [i for i, (d, f) in enumerate(zip(index["domain"], index["flip"])) if d == "query" and not f] or [0]
     x = np.asarray(storage.read_array(src / "images.npy", mmap=True)[rows[0]])
-    return np.clip(np.rint(x.transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+    return to_uint8(x.transpose(1, 2, 0))
 
 
 def read_meta(model_dir: str | Path) -> dict:

@@ -25,7 +25,8 @@ import torch
 
 from scenesearch import storage
 from scenesearch.config import TrainConfig
-from scenesearch.errors import ConfigError, DataError
+from scenesearch.errors import DataError
+from scenesearch.features.vgg import resolve_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "last.pt"
@@ -58,14 +59,6 @@ class TrainResult:
     precision: str
     device: str
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -140,7 +133,7 @@ def train(
     """
     from tqdm import tqdm
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "train.device")
     precision = resolve_precision(cfg.precision, device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if device.type == "cpu":
