@@ -50,11 +50,14 @@ test: setup $(TEST_DEPS) ## the whole test suite
 test-fast: setup $(TEST_DEPS) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-bench: setup ## print the speed figures (render vs pyrender, features vs a bare loop, evaluate)
+bench: setup ## print the speed figures (render, features, evaluate, CVAE training, CVAE distances, query latency)
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/bench_render.py
 	$(PY) bench/bench_features.py
 	$(PY) bench/bench_evaluate.py
+	$(PY) bench/bench_train.py
+	$(PY) bench/bench_distances.py
+	$(PY) bench/bench_query.py
 
 compile: setup ## write the pipeline IR YAML to dist/
 	$(VENV)/bin/scenesearch compile --preset $(PRESET)

@@ -17,7 +17,8 @@ Figures:
   `scenesearch.models.serving` (MLflow), then torch, then calls
   `serving.load("models:/scenesearch-smoke@champion", uri)`, imports `scenesearch.preprocess`
   (torchvision, which the first predict would import), predicts once, loads again (warm) and
-  predicts again; median over --cold-runs processes. The model's files sit in the OS page
+  predicts again, prints the time and exits (interpreter shutdown: from that last line to the
+  process being gone, seen by the parent); median over --cold-runs processes. The model's files sit in the OS page
   cache (just written), so "cold" means a cold process, not a cold disk.
 - predict, in this process after a load and 3 warm-up calls: `model.predict(image[None],
   params={"top_k": 5})`, median and p90 over --calls calls; then its parts, each timed the same
@@ -148,13 +149,15 @@ def cold_child(uri: str, image_path: str) -> None:
     model.predict(image, params={"top_k": TOP_K})
     t8 = time.perf_counter()
     figures = {"import_serving": t1 - t0, "import_torch": t2 - t1, "load": t3 - t2, "import_preprocess": t4 - t3}
-    print(json.dumps({**figures, "predict_first": t6 - t5, "load_warm": t7 - t6, "predict_second": t8 - t7}))
+    print(json.dumps({**figures, "predict_first": t6 - t5, "load_warm": t7 - t6, "predict_second": t8 - t7, "end_wall": time.time()}), flush=True)
 
 
 def wall(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of a subprocess; the completed process carries `ended` (time.time() when it was gone)."""
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
+    p.ended = time.time()
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}")
     return elapsed, p
@@ -193,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
 
         # cold: fresh processes
         start_times = [wall([sys.executable, "-c", "pass"], env)[0] for _ in range(args.cold_runs)]
-        cold = [json.loads(wall([sys.executable, __file__, "--cold-child", uri, image_path], env)[1].stdout.strip().splitlines()[-1]) for _ in range(args.cold_runs)]
+        cold = []
+        for _ in range(args.cold_runs):
+            p = wall([sys.executable, __file__, "--cold-child", uri, image_path], env)[1]
+            figures = json.loads(p.stdout.strip().splitlines()[-1])
+            cold.append({**figures, "exit": p.ended - figures.pop("end_wall")})  # interpreter shutdown
         med = {k: statistics.median(c[k] for c in cold) for k in cold[0]}
         print(f"\ncold process (median of {args.cold_runs} fresh processes; model files in the OS page cache):")
         print(f"  python start (python -c pass)             {ms(statistics.median(start_times))}")
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  first predict, one image                   {ms(med['predict_first'])}")
         print(f"  serving.load again in that process (warm)  {ms(med['load_warm'])}")
         print(f"  second predict, one image                  {ms(med['predict_second'])}")
+        print(f"  interpreter exit (last line printed -> process gone) {ms(med['exit'])}")
 
         # warm: this process
         from scenesearch.data.ingest import decode_image
@@ -292,15 +300,16 @@ def main(argv: list[str] | None = None) -> None:
             "imports (MLflow, torch, torchvision)": med["import_serving"] + med["import_torch"] + med["import_preprocess"],
             "model load": med["load"],
             "first predict": med["predict_first"],
+            "interpreter exit": med["exit"],
         }
         print(
             "  the same steps in the cold processes above: " + " + ".join(f"{k} {v:.2f} s" for k, v in shares.items())
-            + f" = {sum(shares.values()):.2f} s (the CLI adds argument parsing, config, decode and printing)"
+            + f" = {sum(shares.values()):.2f} s; the CLI's other {cli_total - sum(shares.values()):.2f} s: argument parsing, config, decode, printing, and noise"
         )
         top = max(shares, key=shares.get)
         print(
             f"  dominant part: {top}, {shares[top]:.2f} s = {100 * shares[top] / cli_total:.0f}% of the CLI's wall time; "
-            f"a warm one-image predict is {ms(med1)} ({100 * med1 / cli_total:.1f}%)"
+            f"a warm one-image predict is {ms(med1)} ({100 * med1 / cli_total:.2f}%)"
         )
         print(f"  1-min load at the end: {_machine.load_average()}")
 

@@ -51,7 +51,7 @@ def cvae_scene_distances(
     s_logvar: torch.Tensor,
     s_logits: torch.Tensor,
     alpha: float = 12288.0,
-    max_elements: int = 1 << 24,
+    max_elements: int = 1 << 22,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """D(x*, S) = min over renders r of H_s(q(z|x*), q(z|x_r)) + alpha * H_s(q(y|x*), q(y|x_r)).
@@ -79,19 +79,19 @@ def cvae_scene_distances(
     dtype = dtype or torch.float64
     n_q, (n_s, n_v, d) = len(q_mu), s_mu.shape
 
-    def sides(mu, logvar, logits):
+    def moments(mu, logvar, logits):
         mu, logvar = mu.to(dtype), logvar.to(dtype)
-        v, inv = logvar.exp(), torch.exp(-logvar)
         log_p = torch.log_softmax(logits.to(dtype), dim=-1)
-        p = log_p.exp()
-        a = torch.cat([0.5 * v, 0.5 * inv, 0.5 * mu.square(), -mu * inv, -mu, -alpha * p, -alpha * log_p], dim=-1)
-        b = torch.cat([inv, v + mu.square(), inv, mu, mu * inv, log_p, p], dim=-1)
-        const = 0.5 * (logvar + mu.square() * inv).sum(dim=-1)
-        return a, b, const
+        v, inv = logvar.exp(), torch.exp(-logvar)
+        return mu, v, inv, log_p, log_p.exp(), 0.5 * (logvar + mu.square() * inv).sum(dim=-1)
 
-    qa, _, qc = sides(q_mu, q_logvar, q_logits)  # (Q, k), (Q,)
-    _, sb, sc = sides(s_mu.reshape(n_s * n_v, d), s_logvar.reshape(n_s * n_v, d), s_logits.reshape(n_s * n_v, -1))
-    sb, sc = sb.view(n_s, n_v, -1), sc.view(n_s, n_v)
+    # the query side only needs A, the scene side only B: never build the other (it is the big one for scenes)
+    mu, v, inv, log_p, p, qc = moments(q_mu, q_logvar, q_logits)
+    qa = torch.cat([0.5 * v, 0.5 * inv, 0.5 * mu.square(), -mu * inv, -mu, -alpha * p, -alpha * log_p], dim=-1)  # (Q, k)
+    mu, v, inv, log_p, p, sc = moments(s_mu.reshape(n_s * n_v, d), s_logvar.reshape(n_s * n_v, d), s_logits.reshape(n_s * n_v, -1))
+    sb = torch.cat([inv, v + mu.square(), inv, mu, mu * inv, log_p, p], dim=-1).view(n_s, n_v, -1)
+    del mu, v, inv, log_p, p
+    sc = sc.view(n_s, n_v)
     out = torch.empty((n_q, n_s), dtype=torch.float32, device=q_mu.device)
     q_block = max(1, min(n_q, max_elements // n_v))
     s_block = max(1, max_elements // (q_block * n_v))
