@@ -95,7 +95,7 @@ def cmd_promote(args) -> dict:
 
     cfg = _config(args)
     name = args.name or cfg.registry.name
-    decision = registry.promote(tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri), name, args.version, args.force)
+    decision = registry.promote(tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri), name, args.version, args.force, cfg.registry.metric)
     return {"model": name, "version": args.version, "alias": registry.CHAMPION, "reason": decision.reason}
 
 

@@ -25,6 +25,14 @@ class Decision:
     reason: str
 
 
+def tag_value(tags: dict, metric: str) -> float:
+    """A metric stored as a version tag; NaN when absent or not a number."""
+    try:
+        return float(tags.get(metric, "nan"))
+    except ValueError:
+        return math.nan
+
+
 def decide(metric: str, value: float, fingerprint: str, champion_tags: dict | None) -> Decision:
     """Whether a version with `value` of `metric` on `fingerprint` should become champion.
 
@@ -37,10 +45,7 @@ def decide(metric: str, value: float, fingerprint: str, champion_tags: dict | No
         return Decision(True, "there is no champion yet")
     if champion_tags.get("dataset_fingerprint") != fingerprint:
         return Decision(False, f"the champion was measured on another dataset (fingerprint {champion_tags.get('dataset_fingerprint')}, this one {fingerprint}); promote by hand with --force")
-    try:
-        best = float(champion_tags.get(metric, "nan"))
-    except ValueError:
-        best = math.nan
+    best = tag_value(champion_tags, metric)
     if not math.isfinite(best):
         return Decision(True, f"the champion has no {metric}")
     if value > best:
@@ -92,8 +97,8 @@ def register(client, name: str, model_uri: str, metric: str, value: float, finge
     return Registered(tags.get("architecture", ""), str(mv.version), alias, decision.reason, value)
 
 
-def promote(tracking_uri: str, name: str, version: str, force: bool = False) -> Decision:
-    """`scenesearch promote`: make `version` champion if it beats the champion (or with force).
+def promote(tracking_uri: str, name: str, version: str, force: bool = False, metric: str = "test_mAP") -> Decision:
+    """`scenesearch promote`: make `version` champion if its `metric` beats the champion's (or with force).
 
     Raises:
         ScenesearchError: unknown model or version, or the check fails without force.
@@ -107,23 +112,20 @@ def promote(tracking_uri: str, name: str, version: str, force: bool = False) -> 
         mv = client.get_model_version(name, str(version))
     except MlflowException:
         raise ScenesearchError(f"registered model '{name}' has no version {version} in {tracking_uri}") from None
-    tags = dict(mv.tags)
-    metric = next((k for k in tags if k.startswith("test_")), "test_mAP")
-    current = champion_tags(client, name)
-    if current is not None and str(client.get_model_version_by_alias(name, CHAMPION).version) == str(version):
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no champion yet
+        champion = None
+    if champion is not None and str(champion.version) == str(version):
         return Decision(True, f"version {version} is already the champion")
     if force:
         decision = Decision(True, "promoted by hand with --force")
     else:
-        try:
-            value = float(tags.get(metric, "nan"))
-        except ValueError:
-            value = math.nan
-        decision = decide(metric, value, tags.get("dataset_fingerprint", ""), current)
+        tags = dict(mv.tags)
+        decision = decide(metric, tag_value(tags, metric), tags.get("dataset_fingerprint", ""), dict(champion.tags) if champion else None)
         if not decision.promote:
             raise ScenesearchError(f"version {version} was not promoted: {decision.reason}")
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    client.set_model_version_tag(name, str(version), "promotion", f"{CHAMPION}: {decision.reason}")
+    apply(client, name, str(version), decision)
     return decision
 
 

@@ -32,7 +32,9 @@ def _version(c, name, value, fingerprint=FP):
         c.create_registered_model(name)
     except Exception:
         pass
-    return str(c.create_model_version(name, source="file:///nowhere", tags={"test_mAP": f"{value:.6f}", "dataset_fingerprint": fingerprint}).version)
+    # other test_* metrics are tagged too (alphabetically before test_mAP): promotion must read test_mAP
+    tags = {"test_DCG": f"{1 - value:.6f}", "test_mAP": f"{value:.6f}", "dataset_fingerprint": fingerprint}
+    return str(c.create_model_version(name, source="file:///nowhere", tags=tags).version)
 
 
 def test_champion_moves_only_to_better_versions_and_by_hand(mlflow_uri):
