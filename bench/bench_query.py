@@ -138,7 +138,7 @@ def cold_child(uri: str, image_path: str) -> None:
     import scenesearch.preprocess  # noqa: F401 - torchvision: the first predict imports it
 
     t4 = time.perf_counter()
-    from scenesearch.data.ingest import decode_image
+    from scenesearch.io import decode_image
 
     image = decode_image(image_path, Path(image_path).read_bytes())[None]
     t5 = time.perf_counter()
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  interpreter exit (last line printed -> process gone) {ms(med['exit'])}")
 
         # warm: this process
-        from scenesearch.data.ingest import decode_image
+        from scenesearch.io import decode_image
         from scenesearch.models import serving
         from scenesearch.models.step import split_encodings
         from scenesearch.preprocess import preprocess_images

@@ -35,11 +35,21 @@ class DataConfig:
     query_scenes_per_class: int = 2  # held-out scenes the query photos are rendered from
     queries_per_class: int = 10
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, val, test
+    # items: every class in every split (per-item split) | zero_shot: classes are seen or unseen;
+    # unseen classes go wholly to the test split and never reach training
+    split: str = "items"
+    unseen_classes: tuple[str, ...] = ()  # zero_shot: these classes are unseen (else <root>/class_splits.csv, else the fraction)
+    unseen_fraction: float = 0.25  # zero_shot: this share of the classes, drawn with the seed
 
     def validate(self) -> None:
         _positive(self, "n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
+        _choice(self.split, ("items", "zero_shot"), "data.split")
+        if not 0.0 < self.unseen_fraction < 1.0:
+            raise ConfigError(f"data.unseen_fraction must be in (0, 1), got {self.unseen_fraction}")
+        if len(set(self.unseen_classes)) != len(self.unseen_classes):
+            raise ConfigError(f"data.unseen_classes must not repeat a class, got {list(self.unseen_classes)}")
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,11 @@ class RenderConfig:
     elevation_deg: float = 30.0  # of the circling views
     fov_deg: float = 45.0
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    up_axis: str = "auto"  # auto (decided per file: SketchUp and Z-extent cues) | y | z
 
     def validate(self) -> None:
         _positive(self, "size", "render_size", "n_views")
+        _choice(self.up_axis, ("auto", "y", "z"), "render.up_axis")
         if self.render_size % self.size:
             raise ConfigError(f"render.render_size must be a multiple of render.size ({self.size}), got {self.render_size}")
         if not 1.0 <= self.fov_deg <= 120.0:

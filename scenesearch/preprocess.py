@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from scenesearch import storage
 from scenesearch.config import PreprocessConfig
-from scenesearch.data.ingest import decode_image, write_rejected
+from scenesearch.io import decode_image, write_rejected
 from scenesearch.errors import DataError, ItemError
 
 INDEX_SCHEMA = pa.schema(

@@ -30,6 +30,7 @@ import pyarrow as pa
 from scenesearch import storage
 from scenesearch.config import DataConfig
 from scenesearch.errors import DataError, ItemError
+from scenesearch.io import decode_image, write_rejected
 from scenesearch.render.mesh import MESH_EXTENSIONS, load_mesh
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -43,7 +44,6 @@ DOMAINS = {"scenes": "scene", "queries": "query"}
 MANIFEST_SCHEMA = pa.schema(
     [("item_id", pa.string()), ("label", pa.string()), ("domain", pa.string()), ("split", pa.string()), ("uri", pa.string()), ("sha256", pa.string())]
 )
-REJECTED_SCHEMA = pa.schema([("uri", pa.string()), ("reason", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -139,36 +139,6 @@ def check_item(rel: str, data: bytes, domain: str, uri: str | None = None) -> No
         if ext not in IMAGE_EXTENSIONS:
             raise ItemError(f"{rel}: unsupported image extension '{ext}' (supported: {', '.join(IMAGE_EXTENSIONS)})")
         decode_image(rel, data)
-
-
-def decode_image(name: str, data: bytes) -> np.ndarray:
-    """Decode image bytes to (H, W, 3) uint8; grayscale, RGBA, palette and 16-bit are converted.
-
-    Raises:
-        ItemError: empty, truncated or undecodable bytes.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise ItemError(f"{name}: the file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)  # phone photos carry their rotation in EXIF
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grey: scale to 8 bits rather than clip (mode I has no fixed range: use its peak)
-                arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                im = Image.fromarray((arr * 255.0 / peak).round().astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)  # transparent pixels become white, like render backgrounds
-            return np.array(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ItemError(f"{name}: the image cannot be decoded (unknown or corrupt image format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ItemError(f"{name}: the image cannot be decoded ({e})") from None
 
 
 def _root(root: str) -> str:
@@ -287,7 +257,3 @@ def fingerprint(manifest: pa.Table) -> str:
     """A short content hash of the dataset: ids, checksums, labels and splits, order-independent."""
     rows = sorted(zip(*(manifest.column(c).to_pylist() for c in ("item_id", "sha256", "label", "split"))))
     return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
-
-
-def write_rejected(path: str | os.PathLike, rejected: list[tuple[str, str]]) -> None:
-    storage.write_table(path, pa.Table.from_pylist([{"uri": u, "reason": r} for u, r in rejected], schema=REJECTED_SCHEMA))

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from scenesearch import storage
 from scenesearch.config import EvaluateConfig
-from scenesearch.data.ingest import REJECTED_SCHEMA, decode_image
+from scenesearch.io import REJECTED_SCHEMA, decode_image
 from scenesearch.errors import DataError
 from scenesearch.evaluation.metrics import per_class_metrics, pr_curve, retrieval_metrics
 from scenesearch.evaluation.plots import plot_gallery, plot_pr_curves

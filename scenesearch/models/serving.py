@@ -192,7 +192,7 @@ def query_files(model_uri: str, tracking_uri: str, paths: list[str], top_k: int)
     import time
 
     from scenesearch import storage
-    from scenesearch.data.ingest import decode_image
+    from scenesearch.io import decode_image
     from scenesearch.errors import ScenesearchError
 
     if top_k < 1:

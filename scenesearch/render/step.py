@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from scenesearch import storage
 from scenesearch.config import RenderConfig
-from scenesearch.data.ingest import write_rejected
+from scenesearch.io import write_rejected
 from scenesearch.errors import DataError, ItemError
 from scenesearch.render import render_mesh_views
 from scenesearch.render.gl import Lighting, renderer_info

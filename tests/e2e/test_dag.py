@@ -79,7 +79,7 @@ def _query_images(dataset: Path) -> list[Path]:
 def test_the_champion_loads_as_pyfunc_and_ranks_every_scene(smoke_run):
     import mlflow
 
-    from scenesearch.data.ingest import decode_image
+    from scenesearch.io import decode_image
 
     mlflow.set_tracking_uri(smoke_run.uri)
     model = mlflow.pyfunc.load_model(MODEL)
@@ -122,7 +122,7 @@ def _free_port() -> int:
 
 
 def test_mlflow_models_serve_answers_one_request(smoke_run):
-    from scenesearch.data.ingest import decode_image
+    from scenesearch.io import decode_image
 
     port = _free_port()
     log = (smoke_run.cwd / "serve.log").open("w")
