@@ -15,20 +15,22 @@ def evaluate(
     report: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """SHREC metrics per method and split, plots and tables."""
+    """SHREC metrics per method, split and query group; plots, galleries and tables."""
     from scenesearch import config, tracking
+    from scenesearch.cli import task_edge
     from scenesearch.evaluation import step
 
-    cfg = config.from_json(config_json)
-    with tracking.step_run(cfg, parent_run_id, "evaluate") as run:
-        result = step.run(rankings.path, manifest.path, views.path, [images.path], report.path, cfg.evaluate)
-        for method, values in result.metrics.items():
-            child = run.child(f"method: {method}", {"method": method})
-            child.log_params({"method": method})
-            child.log_metrics(values)
-            child.finish()
-        run.log_metrics({"n_rejected_total": result.n_rejected})
-        run.log_metrics(result.flat_metrics(), parent=True)
-        run.log_artifacts(result.artifacts, parent=True)
+    with task_edge("evaluate"):
+        cfg = config.from_json(config_json)
+        with tracking.step_run(cfg, parent_run_id, "evaluate") as run:
+            result = step.run(rankings.path, manifest.path, views.path, images.path, report.path, cfg.evaluate)
+            for key, values in result.metrics.items():
+                child = run.child(f"method: {key}", {"method_key": key})
+                child.log_params({"method_key": key})
+                child.log_metrics(values)
+                child.finish()
+            run.log_metrics({"n_rejected_total": result.n_rejected})
+            run.log_metrics(result.flat_metrics(), parent=True)
+            run.log_artifacts(result.artifacts, parent=True)
     for k, v in result.flat_metrics().items():
-        metrics.log_metric(k.replace("@", "_at_"), v)
+        metrics.log_metric(k, v)

@@ -10,14 +10,16 @@ def ingest(config_json: str, parent_run_id: str, data_root: str, manifest: Outpu
     import os
 
     from scenesearch import config, tracking
+    from scenesearch.cli import task_edge
     from scenesearch.data import ingest as step
 
-    cfg = config.from_json(config_json)
-    with tracking.step_run(cfg, parent_run_id, "ingest") as run:
-        result = step.run(data_root, manifest.path, cfg.data, cfg.seed)
-        run.log_metrics(result.metrics())
-        run.log_metrics(result.metrics(), parent=True)
-        run.log_params({"dataset_fingerprint": result.fingerprint, "data_root": data_root}, parent=True)
-        run.log_artifacts([os.path.join(manifest.path, "rejected.parquet")])
+    with task_edge("ingest"):
+        cfg = config.from_json(config_json)
+        with tracking.step_run(cfg, parent_run_id, "ingest") as run:
+            result = step.run(data_root, manifest.path, cfg.data, cfg.seed)
+            run.log_metrics(result.metrics())
+            run.log_metrics(result.metrics(), parent=True)
+            run.log_params({"dataset_fingerprint": result.fingerprint, "data_root": data_root}, parent=True)
+            run.log_artifacts([os.path.join(manifest.path, "rejected.parquet")])
     manifest.metadata.update({**result.metrics(), "fingerprint": result.fingerprint})
     return result.fingerprint

@@ -7,13 +7,16 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def retrieve(config_json: str, parent_run_id: str, features: Input[Dataset], models: Input[List[Model]], rankings: Output[Dataset]):
-    """A (queries x scenes) distance matrix per configured baseline and per trained model."""
+def retrieve(config_json: str, parent_run_id: str, rankings: Output[Dataset], models: Input[List[Model]] = None, gpu_models: Input[List[Model]] = None):
+    """A (queries x scenes) distance matrix per trained (method, variant), each scored by its method."""
     from scenesearch import config, retrieval as step, tracking
+    from scenesearch.cli import task_edge
 
-    cfg = config.from_json(config_json)
-    with tracking.step_run(cfg, parent_run_id, "retrieve") as run:
-        result = step.run(features.path, rankings.path, cfg.retrieve.methods, cfg.seed, [m.path for m in models], cfg.retrieve.alpha)
-        run.log_metrics(result.metrics())
-        run.log_params({"methods": ",".join(result.methods)})
+    with task_edge("retrieve"):
+        cfg = config.from_json(config_json)
+        with tracking.step_run(cfg, parent_run_id, "retrieve") as run:
+            folders = [m.path for m in (models or [])] + [m.path for m in (gpu_models or [])]
+            result = step.run(folders, rankings.path, cfg.plugins)
+            run.log_metrics(result.metrics())
+            run.log_params({"methods": ",".join(result.keys)})
     rankings.metadata.update(result.metrics())

@@ -5,15 +5,23 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def start_run(config_json: str, run_name: str, git_commit: str, run: Output[Artifact]) -> str:
-    """Open the pipeline's parent MLflow run; returns its id for every later step.
+def start_run(config_json: str, run_name: str, git_commit: str, shape: str, run: Output[Artifact]) -> str:
+    """Validate the config against the compiled DAG, open the pipeline's parent MLflow run; returns its id.
 
-    The id is also written to the `run` artifact: tasks inside a ParallelFor read it there,
-    because kfp.local 2.17 replaces upstream parameter outputs with the loop item inside a loop.
+    `shape` is the methods' DAG shape the pipeline was compiled for: a config asking for other
+    branches is refused before any work. The id is also written to the `run` artifact: tasks
+    inside a ParallelFor read it there, because kfp.local 2.17 replaces upstream parameter
+    outputs with the loop item inside a loop.
     """
-    from scenesearch import config, tracking
+    from scenesearch import config, methods, tracking
+    from scenesearch.cli import task_edge
+    from scenesearch.errors import ConfigError
 
-    run_id = tracking.start_parent(config.from_json(config_json), run_name, git_commit)
+    with task_edge("start"):
+        cfg = config.from_json(config_json)
+        if methods.shape(cfg) != shape:
+            raise ConfigError(f"the config asks for the method branches {methods.shape(cfg)} but this pipeline was compiled for {shape}; compile it again with this config")
+        run_id = tracking.start_parent(cfg, run_name, git_commit)
     with open(run.path, "w") as f:
         f.write(run_id)
     run.metadata["run_id"] = run_id

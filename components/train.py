@@ -5,27 +5,51 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE)
-def train(config_json: str, run: Input[Artifact], architecture: str, images: Input[Dataset], model: Output[Model]):
-    """Train one CVAE-M2 architecture, encode every image, log it as an MLflow model.
+def train(
+    config_json: str,
+    run: Input[Artifact],
+    key: str,
+    images: Input[Dataset],
+    model: Output[Model],
+    features: Input[Dataset] = None,
+    clusters: Input[Dataset] = None,
+    manifest: Input[Dataset] = None,
+):
+    """Fit one configured (method, variant): train it if it learns (checkpointed, per-epoch metrics),
+    embed every image, and log it as an MLflow model if it can answer a query image.
 
-    Runs inside a ParallelFor, so the parent run id comes from start_run's `run` artifact.
+    Runs inside a ParallelFor, so the parent run id comes from start_run's `run` artifact. The
+    optional inputs are wired only when a method of the loop consumes them.
     """
     import json
     import os
 
-    from scenesearch import config, storage, tracking
-    from scenesearch.models import serving, step
+    from scenesearch import config, methods, serving, storage, tracking
+    from scenesearch import train as step
+    from scenesearch.cli import task_edge
 
-    cfg = config.from_json(config_json)
-    parent_run_id = run.metadata["run_id"]
-    with tracking.step_run(cfg, parent_run_id, f"train_{architecture}") as task_run:
-        root = cfg.train.checkpoint_root.rstrip("/")
-        checkpoints = f"{root}/{parent_run_id}/{architecture}" if root else None  # a retry of this task resumes there
-        result = step.run(images.path, model.path, architecture, cfg, checkpoints, on_epoch=lambda e, m: task_run.log_metrics(m, step=e))
-        task_run.log_params({"architecture": architecture, "classes": ",".join(result.classes), "precision": result.train.precision, "device": result.train.device})
-        task_run.log_metrics(result.metrics())
-        task_run.log_artifacts([os.path.join(model.path, "history.json"), os.path.join(model.path, "meta.json")])
-        tags = {"method": "cvae_m2", "architecture": architecture, "git_commit": task_run.parent_tag("git_commit")}
-        logged = serving.log_model(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), step.first_query_image(images.path), cfg.registry.top_k, tags)
-        storage.write_bytes(os.path.join(model.path, "mlflow.json"), json.dumps({"architecture": architecture, "model_uri": logged.model_uri, "model_id": logged.model_id, "run_id": task_run.run_id}).encode())
-    model.metadata.update({**result.metrics(), "architecture": architecture, "model_uri": logged.model_uri})
+    with task_edge(f"train {key}"):
+        cfg = config.from_json(config_json)
+        entry = methods.entry(cfg, key)
+        parent_run_id = run.metadata["run_id"]
+        inputs = methods.Inputs(
+            images=images.path,
+            features=features.path if features else "",
+            clusters=clusters.path if clusters else "",
+            semantics=manifest.path if manifest else "",
+        )
+        with tracking.step_run(cfg, parent_run_id, f"train_{key}") as task_run:
+            root = cfg.train.checkpoint_root.rstrip("/")
+            checkpoints = f"{root}/{parent_run_id}/{key}" if root else None  # a retry of this task resumes there
+            result = step.run(cfg, key, inputs, model.path, checkpoints, on_epoch=lambda e, m: task_run.log_metrics(m, step=e))
+            task_run.log_params({"method": entry.method, "variant": entry.variant or "-", **result.params})
+            task_run.log_metrics(result.metrics)
+            task_run.log_artifacts([os.path.join(model.path, "history.json"), os.path.join(model.path, "method.json")])
+            uri = ""
+            if entry.serves:
+                tags = {"method": entry.method, "variant": entry.variant or "-", "key": key, "git_commit": task_run.parent_tag("git_commit")}
+                logged = serving.log_model(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), serving.first_query_image(images.path), cfg.registry.top_k, tags)
+                record = {"key": key, "model_uri": logged.model_uri, "model_id": logged.model_id, "run_id": task_run.run_id}
+                storage.write_bytes(os.path.join(model.path, "mlflow.json"), json.dumps(record).encode())
+                uri = logged.model_uri
+    model.metadata.update({**result.metrics, "key": key, "method": entry.method, "variant": entry.variant, "model_uri": uri})

@@ -8,6 +8,7 @@ under `<workdir>/kfp`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,20 +26,22 @@ class LocalRun:
     run_id: str
     run_name: str
     status: str
-    metrics: dict[str, float]
+    metrics: dict[str, dict[str, float]]  # the evaluate report: entry key -> {metric_key: value}
     step_seconds: dict[str, float]
     pipeline_root: str
+    report_dir: str
 
 
 def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str | None = None) -> LocalRun:
-    """Execute the pipeline locally and return what it logged to MLflow.
+    """Execute the pipeline locally; results come from the pipeline root (the evaluate report),
+    step timings and the run's identity from its MLflow parent run.
 
     Raises:
         ScenesearchError: a task failed; the message is the failing step's own sentence.
     """
     import kfp.local
 
-    from pipelines.scenesearch_pipeline import make_pipeline
+    from pipelines.scenesearch_pipeline import make_pipeline, run_arguments
 
     uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
     # Tasks are separate processes: pin the store so each of them logs to the same place.
@@ -51,35 +54,33 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     # ... and that the cluster settings (resources, retries, Kubernetes placement) do nothing here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
     pipeline = make_pipeline(cfg)
+    data_root = data_root if storage.is_remote(data_root) else str(Path(data_root).resolve())
+    report_dir, failure = "", None
     try:
-        pipeline(config_json=cfg.to_json(), data_root=data_root if storage.is_remote(data_root) else str(Path(data_root).resolve()), run_name=run_name, git_commit=tracking.git_commit())
-        failure = None
+        report_dir = pipeline(**run_arguments(cfg, data_root, run_name)).output.path
     except RuntimeError as e:  # kfp.local reports a failed task this way
         failure = e
-    result = _collect(uri, cfg.tracking.experiment, run_name, str(root))
-    if failure is not None or result.status != "FINISHED":
-        raise ScenesearchError(result.error or f"the pipeline failed ({failure})")
-    return result.run
+    parent = _parent(uri, cfg.tracking.experiment, run_name)
+    if failure is not None or parent.info.status != "FINISHED":
+        raise ScenesearchError(parent.data.tags.get("error") or f"the pipeline failed ({failure})")
+    metrics = json.loads(storage.read_bytes(Path(report_dir) / "metrics.json"))
+    return LocalRun(uri, parent.info.experiment_id, parent.info.run_id, run_name, parent.info.status, metrics, _step_seconds(uri, parent), str(root), report_dir)
 
 
-@dataclass(frozen=True)
-class _Collected:
-    run: LocalRun
-    status: str
-    error: str
-
-
-def _collect(uri: str, experiment: str, run_name: str, root: str) -> _Collected:
+def _parent(uri: str, experiment: str, run_name: str):
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
     runs = c.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'") if exp else []
     parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
     if not parents:
         raise ScenesearchError(f"the pipeline failed before opening its MLflow run '{run_name}'; see the task logs above")
-    parent = parents[0]
-    children = c.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
+    return parents[0]
+
+
+def _step_seconds(uri: str, parent) -> dict[str, float]:
+    c = tracking.client(uri)
+    children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}'")
     steps = {r.data.tags.get("step"): r.data.metrics.get("step_seconds", float("nan")) for r in children if r.data.tags.get("step")}
     # the shard tasks log nothing themselves (they are cacheable); their merge records the slowest
     steps.update({f"{r.data.tags['step']} shards": r.data.metrics["slowest_shard_seconds"] for r in children if "slowest_shard_seconds" in r.data.metrics})
-    run = LocalRun(uri, exp.experiment_id, parent.info.run_id, run_name, parent.info.status, dict(parent.data.metrics), steps, root)
-    return _Collected(run, parent.info.status, parent.data.tags.get("error", ""))
+    return steps

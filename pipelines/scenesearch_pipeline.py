@@ -1,9 +1,12 @@
 """The scenesearch DAG: wiring only. Compile with `python -m pipelines.scenesearch_pipeline [preset]`.
 
-    start_run -> ingest -> render_shard x N -> render -> preprocess -> describe x N -> features
-        features -> similarity ------------------------------------------------------\\
-        features -> retrieve -> evaluate -> register (closes the MLflow parent run) <-/
-        preprocess -> train x architectures --/ (retrieve and register collect the models)
+    start_run -> ingest -> render_shard x N -> render -> preprocess -> describe x N -> features -> similarity
+    train x (method, variant)  [ParallelFor; one loop for CPU branches, one for GPU branches]
+        <- preprocess (always), features / similarity clusters / ingest semantics (when a method consumes them)
+    train -> retrieve -> evaluate -> register (closes the MLflow parent run)
+
+The branches come from the config's `methods` at compile time (`scenesearch.methods.entries`);
+start_run refuses a run whose config asks for other branches than the pipeline was compiled for.
 
 The same function runs under kfp.local (pipelines/local.py) and compiles to IR YAML for a
 cluster. Everything a cluster needs at compile time (images, GPUs, node placement, retries,
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Dataset
 
 from components.evaluate import evaluate
 from components.features import describe, features
@@ -28,6 +32,7 @@ from components.similarity import similarity
 from components.start_run import start_run
 from components.train import train
 from scenesearch import config as config_lib
+from scenesearch import methods
 from scenesearch.config import RunConfig
 
 # What pipeline pods read from infra/'s ConfigMap and Secret (see infra/README.md).
@@ -61,14 +66,23 @@ def place(task: dsl.PipelineTask, cfg: RunConfig, image: str, gpu: bool = False,
     return task
 
 
+def run_arguments(cfg: RunConfig, data_root: str, run_name: str) -> dict[str, str]:
+    """The pipeline's run arguments, the same for a local run and a cluster submission."""
+    from scenesearch.tracking import git_commit
+
+    return {"config_json": cfg.to_json(), "data_root": data_root, "run_name": run_name, "git_commit": git_commit()}
+
+
 def make_pipeline(cfg: RunConfig):
-    """The pipeline function with `cfg` as its default config parameter."""
+    """The pipeline function with `cfg` as its default config parameter and its branches."""
     shards = list(range(cfg.cluster.shards))
     features_gpu = cfg.features.device == "cuda"
+    entries = methods.entries(cfg)
+    shape = methods.shape(cfg)
 
-    @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, train CVAE-M2, retrieve, evaluate, register in MLflow.")
-    def scenesearch(config_json: str = cfg.to_json(), data_root: str = cfg.data.root, run_name: str = cfg.name, git_commit: str = "unknown"):
-        run = place(start_run(config_json=config_json, run_name=run_name, git_commit=git_commit), cfg, "base")
+    @dsl.pipeline(name="scenesearch", description="Image-based 3D scene retrieval: render, features, train every configured method, retrieve, evaluate, register in MLflow.")
+    def scenesearch(config_json: str = cfg.to_json(), data_root: str = cfg.data.root, run_name: str = cfg.name, git_commit: str = "unknown") -> Dataset:
+        run = place(start_run(config_json=config_json, run_name=run_name, git_commit=git_commit, shape=shape), cfg, "base")
         common = {"config_json": config_json, "parent_run_id": run.outputs["Output"]}
         ing = place(ingest(data_root=data_root, **common), cfg, "base")
         with dsl.ParallelFor(items=shards, parallelism=len(shards)) as shard:
@@ -79,17 +93,31 @@ def make_pipeline(cfg: RunConfig):
             ds = place(describe(config_json=config_json, shard=shard, images=pre.outputs["images"]), cfg, "base", gpu=features_gpu, cache=True)
         fea = place(features(images=pre.outputs["images"], descriptors=dsl.Collected(ds.outputs["descriptors"]), **common), cfg, "base")
         sim = place(similarity(features=fea.outputs["features"], **common), cfg, "base")
-        with dsl.ParallelFor(items=list(cfg.train.architectures), parallelism=len(cfg.train.architectures)) as architecture:
-            # the parent run id crosses into the loop as an artifact (see components/start_run.py)
-            tr = place(train(images=pre.outputs["images"], architecture=architecture, config_json=config_json, run=run.outputs["run"]), cfg, "base", gpu=cfg.train.gpu)
-        ret = place(retrieve(features=fea.outputs["features"], models=dsl.Collected(tr.outputs["model"]), **common), cfg, "base")
+        optional = {"features": fea.outputs["features"], "clusters": sim.outputs["clusters"], "semantics": ing.outputs["manifest"]}
+        collected = {}
+        for gpu, name in ((False, "models"), (True, "gpu_models")):
+            group = [e for e in entries if e.gpu == gpu]
+            if not group:
+                continue
+            consumed = {c for e in group for c in e.consumes}
+            wired = {("manifest" if k == "semantics" else k): v for k, v in optional.items() if k in consumed}
+            with dsl.ParallelFor(items=[e.key for e in group], parallelism=len(group)) as key:
+                # the parent run id crosses into the loop as an artifact (see components/start_run.py)
+                tr = place(train(key=key, images=pre.outputs["images"], config_json=config_json, run=run.outputs["run"], **wired), cfg, "base", gpu=gpu)
+            collected[name] = tr
+
+        def models() -> dict:  # a fresh Collected per consumer: KFP cannot share one between two tasks
+            return {name: dsl.Collected(task.outputs["model"]) for name, task in collected.items()}
+
+        ret = place(retrieve(**models(), **common), cfg, "base")
         ev = place(
             evaluate(rankings=ret.outputs["rankings"], manifest=ing.outputs["manifest"], views=ren.outputs["views"], images=pre.outputs["images"], **common),
             cfg,
             "base",
         )
-        reg = place(register(report=ev.outputs["report"], models=dsl.Collected(tr.outputs["model"]), fingerprint=ing.outputs["Output"], **common), cfg, "base")
+        reg = place(register(report=ev.outputs["report"], fingerprint=ing.outputs["Output"], **models(), **common), cfg, "base")
         reg.after(sim)  # register closes the parent MLflow run: every other task must be done by then
+        return ev.outputs["report"]
 
     return scenesearch
 

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 import kfp
 
-from scenesearch import storage, tracking
+from scenesearch import storage
 from scenesearch.config import RunConfig
 from scenesearch.errors import ScenesearchError
 
@@ -104,14 +104,14 @@ def submit(
         ScenesearchError: the API could not be reached or refused a request, the run did not end
             SUCCEEDED (when watching), or the wait timed out.
     """
-    from pipelines.scenesearch_pipeline import compile_pipeline
+    from pipelines.scenesearch_pipeline import compile_pipeline, run_arguments
 
     data_root = data_root or cfg.data.root
     if not storage.is_remote(data_root):
         log.warning("data root %s is a local path: the cluster's pods must see it there (normally an s3:// URI)", data_root)
     experiment = experiment or cfg.tracking.experiment
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    arguments = {"config_json": cfg.to_json(), "data_root": data_root, "run_name": run_name, "git_commit": tracking.git_commit()}
+    arguments = run_arguments(cfg, data_root, run_name)
     host = _normalise_host(host or os.environ.get(API_ENDPOINT_ENV))
     with tempfile.TemporaryDirectory(prefix="scenesearch-submit-") as tmp:
         package = compile_pipeline(cfg, Path(tmp) / "scenesearch.yaml")  # before any request: a bad pipeline sends nothing

@@ -7,20 +7,36 @@ and exit 1; bad usage exits 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from scenesearch.errors import ScenesearchError
 
 
-def _config(args):
-    from scenesearch import config
+@contextlib.contextmanager
+def task_edge(step: str) -> Iterator[None]:
+    """The edge of a KFP task (and of this CLI): a user-facing failure prints its one sentence on
+    stderr and exits 1 without a traceback. The library below raises; only the edges print or exit."""
+    try:
+        yield
+    except ScenesearchError as e:
+        print(f"scenesearch {step}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
-    return config.load(args.config or args.preset, args.set)
+
+def _config(args):
+    """The run config of a command, every method section validated at the start."""
+    from scenesearch import config, methods
+
+    cfg = config.load(args.config or args.preset, args.set)
+    methods.check(cfg)
+    return cfg
 
 
 def cmd_generate(args) -> dict:
@@ -70,24 +86,59 @@ def cmd_retrieve(args) -> dict:
     from scenesearch import retrieval
 
     cfg = _config(args)
-    return retrieval.run(args.features, args.out, cfg.retrieve.methods, cfg.seed).metrics()
+    r = retrieval.run(args.models, args.out, cfg.plugins)
+    return {**r.metrics(), "methods": list(r.keys)}
 
 
 def cmd_evaluate(args) -> dict:
     from scenesearch.evaluation import step
 
     cfg = _config(args)
-    r = step.run(args.rankings, args.manifest, args.views, [args.images] if args.images else [], args.out, cfg.evaluate)
-    for split in cfg.evaluate.splits:
-        print(step.format_table(r.metrics, split, cfg.evaluate.k))
+    r = step.run(args.rankings, args.manifest, args.views, args.images, args.out, cfg.evaluate)
+    print(step.format_report(r.metrics, cfg.evaluate.splits, cfg.evaluate.k))
     return {"metrics": r.metrics, "n_rejected": r.n_rejected}
 
 
 def cmd_train(args) -> dict:
-    from scenesearch.models import step
+    from scenesearch import methods, train
 
     cfg = _config(args)
-    return {arch: step.run(args.images, str(Path(args.out) / arch), arch, cfg).metrics() for arch in (args.arch or cfg.train.architectures)}
+    chosen = [e for e in methods.entries(cfg) if (not args.method or e.method in args.method) and (not args.variant or e.variant in args.variant)]
+    if not chosen:
+        raise ScenesearchError(f"no configured method matches --method {args.method or '*'} --variant {args.variant or '*'}; configured: {', '.join(e.key for e in methods.entries(cfg))}")
+    inputs = methods.Inputs(images=args.images, features=args.features or "", clusters=args.clusters or "", semantics=args.manifest or "")
+    return {e.key: train.run(cfg, e.key, inputs, str(Path(args.out) / e.key)).metrics for e in chosen}
+
+
+def cmd_register(args) -> dict:
+    """Register model folders trained by `scenesearch train`: each is logged as an MLflow model first."""
+    from scenesearch import methods, registry, serving, storage, tracking, train
+    from scenesearch.data.ingest import fingerprint
+
+    cfg = _config(args)
+    uri = tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri)
+    fp = fingerprint(storage.read_table(Path(args.manifest) / "manifest.parquet"))
+    c = tracking.client(uri)
+    exp = tracking.ensure_experiment(c, cfg.tracking.experiment, uri)
+    commit = tracking.git_commit()
+    for d in args.models:
+        record = train.read_record(d)
+        methods.load_plugins(tuple(record.get("plugins", ())))
+        if not storage.exists(Path(d) / "mlflow.json") and methods.get(record["method"]).serves:
+            run = c.create_run(exp, run_name=f"register {record['key']}", tags={"step": "register", "git_commit": commit})
+            logged = serving.log_model(d, run.info.run_id, uri, serving.first_query_image(args.images), cfg.registry.top_k, registry.version_tags(record, {}, commit))
+            storage.write_bytes(Path(d) / "mlflow.json", json.dumps({"key": record["key"], "model_uri": logged.model_uri, "model_id": logged.model_id, "run_id": run.info.run_id}).encode())
+            c.set_terminated(run.info.run_id)
+    done = registry.run(args.models, args.report, fp, uri, args.name or cfg.registry.name, cfg.registry.metric, commit)
+    return {r.key: {"version": r.version, "alias": r.alias, "reason": r.reason} for r in done}
+
+
+def cmd_methods(args) -> dict:
+    from scenesearch import methods
+
+    cfg = _config(args)
+    configured = {e.key: {"method": e.method, "variant": e.variant, "trains": e.trains, "gpu": e.gpu} for e in methods.entries(cfg)}
+    return {"registered": methods.describe(), "configured": configured}
 
 
 def cmd_promote(args) -> dict:
@@ -100,8 +151,7 @@ def cmd_promote(args) -> dict:
 
 
 def cmd_query(args) -> None:
-    from scenesearch import tracking
-    from scenesearch.models import serving
+    from scenesearch import serving, tracking
 
     cfg = _config(args)
     uri = tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri)
@@ -119,13 +169,12 @@ def cmd_query(args) -> None:
 
 def cmd_run(args) -> dict:
     from pipelines.local import run_local
-    from scenesearch.evaluation.step import format_table
+    from scenesearch import storage, tracking
+    from scenesearch.evaluation.step import format_report
 
     cfg = _config(args)
     data_root = args.data or cfg.data.root
     t0 = time.perf_counter()
-    from scenesearch import storage
-
     if not storage.exists(data_root):
         if not (cfg.data.generate and args.data is None) or storage.is_remote(data_root):
             raise ScenesearchError(f"dataset root {data_root} does not exist")
@@ -135,20 +184,14 @@ def cmd_run(args) -> dict:
         generate(data_root, cfg.data, cfg.seed)
     gen_seconds = time.perf_counter() - t0
     run = run_local(cfg, data_root, args.workdir)
-    results: dict[str, dict[str, float]] = {}
-    for key, value in run.metrics.items():
-        method, sep, metric = key.partition(".")
-        if sep:
-            results.setdefault(method, {})[metric] = value
     print("\n== scenesearch run finished ==")
     order = ["ingest", "render", "preprocess", "features", "similarity", "train", "retrieve", "evaluate", "register"]
     steps = sorted(run.step_seconds.items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].startswith(o)), len(order)))
     print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in steps) + f"; total {time.perf_counter() - t0:.1f}")
-    for split in cfg.evaluate.splits:
-        print(format_table(results, split, cfg.evaluate.k))
+    print(format_report(run.metrics, cfg.evaluate.splits, cfg.evaluate.k))
     print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
-    print(f"KFP pipeline root: {run.pipeline_root}")
-    print("Open the MLflow UI with: make ui")
+    print(f"KFP pipeline root: {run.pipeline_root}  (report: {run.report_dir})")
+    print(f"Open the MLflow UI with: {tracking.ui_command(run.tracking_uri)}")
     return {"run_id": run.run_id, "metrics": run.metrics, "step_seconds": run.step_seconds}
 
 
@@ -198,21 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
     add("preprocess", cmd_preprocess, "64x64 images in [0,1] with flips", manifest="ingest output folder", views="render output folder", out="output folder")
     add("features", cmd_features, "VGG16 multi-layer descriptors + PCA", images="preprocess output folder", out="output folder")
     add("similarity", cmd_similarity, "k-means similarity detection", features="features output folder", out="output folder")
-    add("retrieve", cmd_retrieve, "distance matrices per method", features="features output folder", out="output folder")
+    rt = add("retrieve", cmd_retrieve, "distance matrices per trained method (model folders of `scenesearch train`)", out="output folder")
+    rt.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model folders written by `scenesearch train`")
     add(
         "evaluate", cmd_evaluate, "SHREC metrics, tables and plots", rankings="retrieve output folder", manifest="ingest output folder",
-        views="render output folder", images="preprocess output folder (for its rejects)", out="output folder", optional=("images",),
+        views="render output folder", images="preprocess output folder", out="output folder",
     )
     r = add("run", cmd_run, "run the whole DAG locally with kfp.local and log it to MLflow", optional=("data",), data="dataset root (default: the preset's data.root)")
     r.add_argument("--workdir", default="runs", help="where the local pipeline root lives")
-    t = add("train", cmd_train, "train CVAE-M2 models (no MLflow): one folder per architecture", images="preprocess output folder", out="output folder")
-    t.add_argument("--arch", action="append", help="architecture (repeatable; default: train.architectures)")
+    t = add(
+        "train", cmd_train, "fit configured methods (no MLflow): one model folder per (method, variant) under --out",
+        images="preprocess output folder", out="output folder", features="features output folder (methods that consume it)",
+        clusters="similarity output folder (methods that consume it)", manifest="ingest output folder (class semantics)",
+        optional=("features", "clusters", "manifest"),
+    )
+    t.add_argument("--method", action="append", help="method name (repeatable; default: every configured method)")
+    t.add_argument("--variant", action="append", help="variant name (repeatable; default: every configured variant)")
+    rg = add(
+        "register", cmd_register, "log and register model folders of `scenesearch train` with their evaluate report",
+        report="evaluate output folder", manifest="ingest output folder (the dataset fingerprint)", images="preprocess output folder (the input example)",
+    )
+    rg.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model folders written by `scenesearch train`")
+    rg.add_argument("--name", help="registered model name (default: registry.name)")
+    rg.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
+    add("methods", cmd_methods, "list the registered retrieval methods and the configured ones")
     pr = add("promote", cmd_promote, "make a registered model version the champion (if it beats the current one)")
     pr.add_argument("--version", required=True, help="model version number")
     pr.add_argument("--name", help="registered model name (default: registry.name)")
     pr.add_argument("--force", action="store_true", help="promote even if it does not beat the champion")
     pr.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns.db)")
-    q = add("query", cmd_query, "rank the scenes for query images with a registered model (the champion by default)")
+    q = add("query", cmd_query, "rank the scenes for query images with a registered model of any method (the champion by default)")
     q.add_argument("images", nargs="+", metavar="IMAGE", help="query image files (PNG/JPEG)")
     q.add_argument("--model", help="MLflow model URI (default: models:/<registry.name>@champion)")
     q.add_argument("--top-k", type=int, default=5, help="scenes per query (default 5)")

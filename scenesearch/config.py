@@ -117,53 +117,23 @@ class SimilarityConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """CVAE-M2 training: one DAG branch per architecture (see scenesearch/models/)."""
+    """Shared settings of every method that trains (one DAG branch per configured method variant)."""
 
-    architectures: tuple[str, ...] = ("cvae1",)  # cvae1..cvae4, cvae_vgg: one DAG branch each
     epochs: int = 30  # at most; early stopping usually ends sooner
     patience: int = 5  # epochs without a better validation metric before stopping
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
-    beta: float = 1000.0  # weight of the cross-entropy of q(y|x) against the label (nats per image)
-    decoder_variance: str = "scalar"  # scalar | pixel: the learned variance of p(x|z,y)
-    unlabelled: bool = False  # add val/test images without their labels (the M2 unlabelled objective)
     device: str = "auto"  # auto: CUDA when the task has it, else the CPU
-    gpu: bool = False  # request one NVIDIA GPU per train task on a cluster
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16 (grad scaler)
-    checkpoint_root: str = ""  # empty: beside the model output; else <root>/<parent run id>/<arch>, so a retried task resumes
+    checkpoint_root: str = ""  # empty: beside the model output; else <root>/<parent run id>/<key>, so a retried task resumes
 
     def validate(self) -> None:
-        from scenesearch.models import ARCHITECTURES  # the registry is the list of allowed names
-
-        if not self.architectures:
-            raise ConfigError(f"train.architectures must name at least one of {', '.join(ARCHITECTURES)}")
-        for a in self.architectures:
-            _choice(a, tuple(ARCHITECTURES), "train.architectures")
-        if len(set(self.architectures)) != len(self.architectures):
-            raise ConfigError(f"train.architectures must not repeat a name, got {list(self.architectures)}")
         _positive(self, "epochs", "patience", "batch_size", "lr")
-        if self.beta < 0 or self.weight_decay < 0:
-            raise ConfigError(f"train.beta and train.weight_decay must be >= 0, got {self.beta} and {self.weight_decay}")
-        _choice(self.decoder_variance, ("scalar", "pixel"), "train.decoder_variance")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _choice(self.device, DEVICE_CHOICES, "train.device")
         _choice(self.precision, PRECISION_CHOICES, "train.precision")
-
-
-@dataclass(frozen=True)
-class RetrieveConfig:
-    methods: tuple[str, ...] = ("vgg_baseline", "random")  # baselines; trained models add their own rows
-    alpha: float = 12288.0  # 64 * 64 * 3, the pixel count (as in the paper): weight of the class term of the CVAE distance
-
-    def validate(self) -> None:
-        from scenesearch.retrieval import METHODS  # the registry is the list of allowed names
-
-        if not self.methods:
-            raise ConfigError(f"retrieve.methods must name at least one of {sorted(METHODS)}")
-        for m in self.methods:
-            _choice(m, tuple(sorted(METHODS)), "retrieve.methods")
-        if self.alpha < 0:
-            raise ConfigError(f"retrieve.alpha must be >= 0, got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -258,15 +228,21 @@ class RunConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # The retrieval methods that run, each with its own section (methods.<name>.*): validated by
+    # the method itself through scenesearch.methods, so this module imports no method.
+    methods: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # extra modules defining a METHOD (third-party methods)
 
     def validate(self) -> "RunConfig":
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for name, sec in self.methods.items():
+            if not isinstance(name, str) or not isinstance(sec, dict):
+                raise ConfigError(f"methods.{name} must be a mapping of that method's fields (or {{}}), got {sec!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
@@ -351,6 +327,12 @@ def load(preset_or_path: str = "default", overrides: list[str] | None = None) ->
     return from_dict(data)
 
 
+def build_section(cls: type, data: Any, prefix: str) -> Any:
+    """Build the dataclass `cls` from a mapping with the same checks as the whole config
+    (a method's section uses it); `prefix` names the fields in errors, e.g. ``methods.cvae_m2.``."""
+    return _build(cls, data, prefix)
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
@@ -369,6 +351,10 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{name}.")
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return {k: ({} if v is None else v) for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

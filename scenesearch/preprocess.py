@@ -1,8 +1,9 @@
-"""Preprocessing: 64x64, values in [0, 1], horizontal flips; one function for renders and query photos.
+"""Preprocessing: 64x64, values in [0, 1], horizontal flips; one function for renders and query images.
 
 The step writes ``images.npy`` (N, 3, size, size) float32 and ``index.parquet`` with one row per
-image: item_id, label, domain, split, view (-1 for query photos), flip. Row i of the index
-describes image i.
+image: item_id, label, domain, split, class_split, view (-1 for query images), flip. Row i of the
+index describes image i: first every render, then the query images of every domain (photo,
+sketch) in manifest order, each followed by its flip.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from scenesearch import storage
 from scenesearch.config import PreprocessConfig
+from scenesearch.domains import SCENE, SEEN
 from scenesearch.io import decode_image, write_rejected
 from scenesearch.errors import DataError, ItemError
 
@@ -27,6 +29,7 @@ INDEX_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("domain", pa.string()),
         ("split", pa.string()),
+        ("class_split", pa.string()),
         ("view", pa.int32()),
         ("flip", pa.bool_()),
     ]
@@ -74,7 +77,16 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) -> PreprocessResult:
-    """Preprocess every render and every query photo.
+    """Preprocess every render and every query image (every domain but scenes).
+
+    Args:
+        manifest_dir: the ingest output (manifest.parquet).
+        views_dir: the render output (views.parquet).
+        out_dir: where images.npy, index.parquet and rejected.parquet go.
+        cfg: output size and flips.
+
+    Returns:
+        Counts of images written and of query images rejected.
 
     Raises:
         DataError: nothing could be preprocessed.
@@ -86,7 +98,7 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
     for v in views:
         sources.append((manifest[v["item_id"]], v["view"], decode_image(v["item_id"], v["png"])))
     for r in manifest.values():
-        if r["domain"] != "query":
+        if r["domain"] == SCENE:
             continue
         try:
             sources.append((r, -1, decode_image(r["item_id"], storage.read_bytes(r["uri"]))))
@@ -97,7 +109,15 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
     images = preprocess_images([s[2] for s in sources], cfg.size, cfg.flips).numpy()
     flips = (False, True) if cfg.flips else (False,)
     index = [
-        {"item_id": r["item_id"], "label": r["label"], "domain": r["domain"], "split": r["split"], "view": view, "flip": f}
+        {
+            "item_id": r["item_id"],
+            "label": r["label"],
+            "domain": r["domain"],
+            "split": r["split"],
+            "class_split": r.get("class_split") or SEEN,  # manifests from before class splits: every class seen
+            "view": view,
+            "flip": f,
+        }
         for r, view, _ in sources
         for f in flips
     ]

@@ -1,7 +1,7 @@
 """The MLflow model registry: register trained models, keep `champion` on the best version.
 
-A version carries tags: method, architecture, dataset_fingerprint, git_commit and its test
-metrics. `champion` moves to a new version only when its metric (``registry.metric``, higher is
+A version carries tags, whichever method it is: method, variant, key (the variant's or the
+method's name), dataset_fingerprint, git_commit and its test metrics. `champion` moves to a new version only when its metric (``registry.metric``, higher is
 better) beats the current champion's on the same dataset fingerprint, or when there is no
 champion; otherwise the new version becomes `challenger` and the reason is recorded. Aliases,
 not stages: stages are deprecated in MLflow.
@@ -72,7 +72,7 @@ def apply(client, name: str, version: str, decision: Decision) -> str:
 
 @dataclass(frozen=True)
 class Registered:
-    architecture: str
+    key: str
     version: str
     alias: str
     reason: str
@@ -94,7 +94,7 @@ def register(client, name: str, model_uri: str, metric: str, value: float, finge
     mv = mlflow.register_model(model_uri, name, tags=all_tags)
     decision = decide(metric, value, fingerprint, champion_tags(client, name))
     alias = apply(client, name, mv.version, decision)
-    return Registered(tags.get("architecture", ""), str(mv.version), alias, decision.reason, value)
+    return Registered(tags.get("key", ""), str(mv.version), alias, decision.reason, value)
 
 
 def promote(tracking_uri: str, name: str, version: str, force: bool = False, metric: str = "test_mAP") -> Decision:
@@ -129,14 +129,26 @@ def promote(tracking_uri: str, name: str, version: str, force: bool = False, met
     return decision
 
 
+def version_tags(record: dict, metrics: dict[str, float], commit: str) -> dict[str, str]:
+    """The tags of a new version: method, variant, key, git commit and every test metric."""
+    return {
+        "method": record["method"],
+        "variant": record["variant"] or "-",
+        "key": record["key"],
+        "git_commit": commit,
+        **{k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")},
+    }
+
+
 def run(model_dirs: list[str], report_dir: str, fingerprint: str, tracking_uri: str, name: str, metric: str, commit: str) -> list[Registered]:
-    """The register step: every trained model in `model_dirs` (each with mlflow.json from the train
-    step) becomes a version of `name`, tagged with its metrics from the evaluate report.
+    """The register step: every served model in `model_dirs` (each with mlflow.json, written when the
+    train step logged it) becomes a version of `name`, tagged with its metrics from the evaluate report.
+    Folders without mlflow.json are methods that cannot answer a query image: skipped.
 
     Raises:
-        DataError: a model was not logged, or the report lacks its metric.
+        DataError: the report lacks the metric of a model.
     """
-    from scenesearch import storage, tracking
+    from scenesearch import storage, tracking, train
 
     import mlflow
 
@@ -145,11 +157,12 @@ def run(model_dirs: list[str], report_dir: str, fingerprint: str, tracking_uri: 
     mlflow.set_tracking_uri(tracking_uri)  # mlflow.register_model resolves models:/ URIs through it
     out = []
     for d in model_dirs:
+        if not storage.exists(Path(d) / "mlflow.json"):
+            continue
         logged = json.loads(storage.read_bytes(Path(d) / "mlflow.json"))
-        arch = logged["architecture"]
-        values = report.get(arch)
+        record = train.read_record(d)
+        values = report.get(record["key"])
         if values is None or metric not in values:
-            raise DataError(f"the evaluate report has no {metric} for {arch}; check registry.metric and evaluate.splits")
-        tags = {"method": "cvae_m2", "architecture": arch, "git_commit": commit, **{k: f"{v:.6f}" for k, v in values.items() if k.startswith("test_")}}
-        out.append(register(client, name, logged["model_uri"], metric, float(values[metric]), fingerprint, tags))
+            raise DataError(f"the evaluate report has no {metric} for {record['key']}; check registry.metric and evaluate.splits")
+        out.append(register(client, name, logged["model_uri"], metric, float(values[metric]), fingerprint, version_tags(record, values, commit)))
     return out

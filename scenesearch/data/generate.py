@@ -3,7 +3,9 @@
 Gallery scenes go to ``scenes/<class>/`` as a mix of GLB, OBJ(+MTL) and SketchUp files.
 Query photos are renders of *held-out* scenes of the same class (never in the gallery) from
 random viewpoints with a domain shift: other lighting, background colour, camera distance,
-height and field of view, sensor noise and blur. Everything is a function of the seed.
+height and field of view, sensor noise and blur. ``semantics.csv`` holds each class's attributes
+(`CLASS_ATTRIBUTES`: what its builder places, and how big the scene is). Everything is a function
+of the seed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from scenesearch import storage
 from scenesearch.config import DataConfig
 from scenesearch.data.ingest import GENERATED_MARKER
-from scenesearch.data.synthetic_scenes import SCENE_CLASSES, build_scene, write_scene
+from scenesearch.data.synthetic_scenes import CLASS_ATTRIBUTE_NAMES, CLASS_ATTRIBUTES, SCENE_CLASSES, build_scene, write_scene
 from scenesearch.errors import ConfigError, DataError
 
 PHOTO_SIZE = 128
@@ -70,6 +72,7 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
                 photo = query_photo(held_out, rng)
                 (tmp / "queries" / label / f"{label}_q{j:03d}.png").write_bytes(storage.png_bytes(photo))
                 n_queries += 1
+        (tmp / "semantics.csv").write_text(semantics_csv(SCENE_CLASSES[: cfg.n_classes]))
         (tmp / GENERATED_MARKER).write_text(f"seed={seed}\n")
         if root.exists():
             shutil.rmtree(root)
@@ -77,6 +80,20 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return GenerateResult(str(root), n_scenes, n_queries)
+
+
+def semantics_csv(classes: tuple[str, ...]) -> str:
+    """The benchmark's semantics.csv: header ``class,<attribute>,...``, one row of CLASS_ATTRIBUTES per class.
+
+    Args:
+        classes: the generated classes, in order.
+
+    Returns:
+        The file's text.
+    """
+    lines = [",".join(("class", *CLASS_ATTRIBUTE_NAMES))]
+    lines += [",".join((c, *(f"{v:g}" for v in CLASS_ATTRIBUTES[c]))) for c in classes]
+    return "\n".join(lines) + "\n"
 
 
 def query_photo(mesh, rng: np.random.Generator) -> np.ndarray:

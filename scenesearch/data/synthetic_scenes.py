@@ -959,6 +959,31 @@ _BUILDERS: dict[str, Callable[[_SceneParts], None]] = {
 
 SCENE_CLASSES: tuple[str, ...] = tuple(_BUILDERS)
 
+# Side information per class (the embedded benchmark's semantics.csv, for zero-shot methods): what
+# each builder above puts in its scenes. 1 = always there or dominant, a fraction = optional parts
+# (about their probability) or a minor share; ground_markings are flat painted patterns (road and
+# stall lines, tiles, rugs, paths); extent and height are typical sizes over 60 m; clutter is how
+# many separate objects a scene holds (a forest's ~100 = 1).
+CLASS_ATTRIBUTE_NAMES: tuple[str, ...] = (
+    "indoor", "water", "vegetation", "buildings", "vehicles", "furniture", "seating", "tables",
+    "lights", "animals", "ground_markings", "natural_ground", "extent", "height", "clutter",
+)  # fmt: skip
+CLASS_ATTRIBUTES: dict[str, tuple[float, ...]] = {
+    #              indoor water veg   bldg  veh   furn  seat  table light anim  mark  natgr extent height clutter
+    "bedroom":     (1.0,   0.0,  0.0,  0.0,  0.0,  1.0,  0.0,  0.0,  0.5,  0.0,  0.7,  0.0,  0.08,  0.05,  0.1),
+    "kitchen":     (1.0,   0.0,  0.0,  0.0,  0.0,  0.9,  0.6,  1.0,  0.35, 0.0,  1.0,  0.0,  0.09,  0.05,  0.3),
+    "office":      (1.0,   0.0,  0.1,  0.0,  0.0,  1.0,  0.8,  1.0,  0.0,  0.0,  0.0,  0.0,  0.14,  0.05,  0.5),
+    "street":      (0.0,   0.0,  0.15, 1.0,  0.6,  0.0,  0.0,  0.0,  1.0,  0.0,  1.0,  0.0,  0.7,   0.35,  0.6),
+    "forest":      (0.0,   0.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.5,  1.0,  0.58,  0.22,  1.0),
+    "bridge":      (0.0,   1.0,  0.4,  0.0,  0.2,  0.0,  0.0,  0.0,  0.0,  0.0,  0.3,  0.5,  0.63,  0.2,   0.3),
+    "harbour":     (0.0,   1.0,  0.0,  0.7,  0.6,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.67,  0.2,   0.5),
+    "tower":       (0.0,   0.0,  0.3,  0.6,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.58,  1.0,   0.3),
+    "park":        (0.0,   0.3,  0.9,  0.0,  0.0,  0.0,  0.6,  0.0,  0.7,  0.0,  0.6,  1.0,  0.6,   0.13,  0.6),
+    "parking_lot": (0.0,   0.0,  0.2,  0.2,  1.0,  0.0,  0.0,  0.0,  0.9,  0.0,  1.0,  0.0,  0.58,  0.1,   0.8),
+    "stadium":     (0.0,   0.0,  0.0,  0.0,  0.0,  0.0,  1.0,  0.0,  1.0,  0.0,  1.0,  0.5,  0.87,  0.27,  0.4),
+    "farm":        (0.0,   0.0,  0.7,  0.5,  0.0,  0.0,  0.0,  0.0,  0.0,  1.0,  0.3,  1.0,  0.63,  0.2,   0.5),
+}  # fmt: skip
+
 
 def build_scene(label: str, rng: np.random.Generator) -> trimesh.Trimesh:
     """Build one procedural scene of class `label`.

@@ -7,7 +7,6 @@ module selects no backend and figures never enter pyplot's global registry.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -22,23 +21,11 @@ _QUERY = "black"
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` as PNG to a temporary file beside ``path`` and rename it into place.
+    """Write ``fig`` as PNG through the one atomic writer (local or s3://): whole or not at all."""
+    from scenesearch import storage
 
-    A reader of ``path`` thus sees either the old file or the whole new one, never a
-    partly written PNG; os.replace is atomic only within one file system, hence the
-    same directory.
-    """
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with storage.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def plot_pr_curves(
@@ -94,6 +81,7 @@ def plot_gallery(
     ranked_labels: Sequence[Sequence[Hashable]],
     path: str | os.PathLike[str],
     max_cols: int = 6,
+    title: str | None = None,
 ) -> None:
     """Draw a top-k gallery: per row a query image followed by its top-ranked renders.
 
@@ -107,6 +95,7 @@ def plot_gallery(
         ranked_labels: per query, the labels of its ranked images, aligned with ranked_images.
         path: destination PNG; written atomically (temporary file, then rename).
         max_cols: most ranked images shown per row; the query column comes in addition.
+        title: a heading over the grid (which method ranked these).
 
     Raises:
         ValueError: no queries, sequences of different lengths, or max_cols < 1.
@@ -132,6 +121,8 @@ def plot_gallery(
     # Constrained layout reserves room for each title, so rows never overlap.
     fig = Figure(figsize=(1.8 * n_cols, 2.1 * n_rows), dpi=100, layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     for row in range(n_rows):
         _show(axes[row, 0], query_images[row], f"query: {query_labels[row]}", _QUERY)
         shown = list(zip(ranked_images[row], ranked_labels[row]))[:n_ranked]

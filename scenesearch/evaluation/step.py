@@ -1,7 +1,12 @@
-"""The evaluate step: metrics per method and query split, per-class tables, PR curves, a gallery.
+"""The evaluate step: metrics per method, query split and query group, per-class tables, PR curves, galleries.
 
-Writes to out_dir: metrics.json ({method: {split_metric: value}}), comparison.csv and
-comparison.md (one row per method), per_class.csv, pr_curve.png, gallery.png and
+Metric keys are ``<split>[_<group>]_<metric>``: ``test_mAP`` (every test query against the whole
+gallery), per query domain ``test_photo_mAP``, ``test_sketch_mAP``; with a zero-shot split also
+``test_unseen_mAP`` (unseen-class queries against the unseen-class scenes: the zero-shot papers'
+number), ``test_seen_mAP`` (seen classes against seen scenes, for reference) and their per-domain
+keys (``test_unseen_sketch_mAP``). Writes to out_dir: metrics.json ({key: {metric_key: value}}),
+comparison.csv and comparison.md (one row per method), per_class.csv, pr_curve.png,
+gallery_<key>.png per servable entry (its top-k for one query of each class) and
 rejected.parquet (every reject of every earlier step, with its reason).
 """
 
@@ -18,66 +23,88 @@ import pyarrow as pa
 
 from scenesearch import storage
 from scenesearch.config import EvaluateConfig
-from scenesearch.io import REJECTED_SCHEMA, decode_image
+from scenesearch.domains import SEEN, UNSEEN
 from scenesearch.errors import DataError
 from scenesearch.evaluation.metrics import per_class_metrics, pr_curve, retrieval_metrics
 from scenesearch.evaluation.plots import plot_gallery, plot_pr_curves
-from scenesearch.preprocess import preprocess_images, to_uint8
+from scenesearch.io import REJECTED_SCHEMA
+from scenesearch.preprocess import to_uint8
 
 
-def metric_key(split: str, name: str) -> str:
-    """MLflow-safe metric name: test_mAP, test_P_at_200 (MLflow forbids '@')."""
-    return f"{split}_{name.replace('@', '_at_')}"
+def metric_key(split: str, name: str, group: tuple[str, ...] = ()) -> str:
+    """MLflow-safe metric name: test_mAP, test_photo_P_at_200, test_unseen_mAP (MLflow forbids '@')."""
+    return "_".join([split, *group, name.replace("@", "_at_")])
 
 
 @dataclass
 class EvaluateResult:
-    metrics: dict[str, dict[str, float]]  # method -> {metric_key: value}
+    metrics: dict[str, dict[str, float]]  # entry key -> {metric_key: value}
     n_rejected: int
+    groups: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (split, group) reported
     artifacts: list[str] = field(default_factory=list)
 
     def flat_metrics(self) -> dict[str, float]:
-        """`method.metric` keys: one parent run shows every method side by side."""
-        return {f"{m}.{k}": v for m, d in self.metrics.items() for k, v in d.items()}
+        """``<split>_<key>_<metric>`` (test_cvae1_mAP): one parent run compares every method at a glance."""
+        out = {}
+        for key, values in self.metrics.items():
+            for k, v in values.items():
+                split, _, rest = k.partition("_")
+                out[f"{split}_{key}_{rest}"] = v
+        return out
 
 
 def split_mask(splits: np.ndarray, split: str) -> np.ndarray:
     return np.ones(len(splits), bool) if split == "all" else splits == split
 
 
-def run(
-    retrieval_dir: str,
-    manifest_dir: str,
-    views_dir: str,
-    reject_dirs: list[str],
-    out_dir: str,
-    cfg: EvaluateConfig,
-) -> EvaluateResult:
-    """Evaluate every method's distance matrix found in retrieval_dir."""
+def query_groups(queries: dict, scenes: dict, split: str) -> list[tuple[tuple[str, ...], np.ndarray, np.ndarray]]:
+    """(group, query mask, scene mask) for every group reported in `split` (see the module doc)."""
+    q_split, q_dom = np.asarray(queries["split"]), np.asarray(queries["domain"])
+    q_cls, s_cls = np.asarray(queries["class_split"]), np.asarray(scenes["class_split"])
+    base, every = split_mask(q_split, split), np.ones(len(s_cls), bool)
+    groups = [((), base, every)] + [((d,), base & (q_dom == d), every) for d in sorted(set(q_dom[base].tolist()))]
+    if (s_cls == UNSEEN).any():
+        for cs in (UNSEEN, SEEN):
+            mask = base & (q_cls == cs)
+            groups.append(((cs,), mask, s_cls == cs))
+            groups += [((cs, d), mask & (q_dom == d), s_cls == cs) for d in sorted(set(q_dom[mask].tolist()))]
+    return [g for g in groups if g[1].any() and g[2].any()]
+
+
+def run(retrieval_dir: str, manifest_dir: str, views_dir: str, images_dir: str, out_dir: str, cfg: EvaluateConfig) -> EvaluateResult:
+    """Evaluate every entry's distance matrix found in retrieval_dir.
+
+    Args:
+        images_dir: the preprocess output (the galleries show its images; its rejects are merged).
+
+    Raises:
+        DataError: no query in the evaluated splits, or a split whose queries have no relevant scene.
+    """
     src, dst = Path(retrieval_dir), Path(out_dir)
     queries = storage.read_table(src / "queries.parquet").to_pydict()
     scenes = storage.read_table(src / "scenes.parquet").to_pydict()
-    q_labels, q_splits, s_labels = np.asarray(queries["label"]), np.asarray(queries["split"]), np.asarray(scenes["label"])
-    methods = sorted(p.stem.removeprefix("distances_") for p in src.glob("distances_*.npy"))
+    q_labels, s_labels = np.asarray(queries["label"]), np.asarray(scenes["label"])
+    keys = sorted(p.stem.removeprefix("distances_") for p in src.glob("distances_*.npy"))
     results: dict[str, dict[str, float]] = {}
+    reported: list[tuple[str, tuple[str, ...]]] = []
     class_rows, curves = [], {}
     report_split = cfg.splits[-1]
-    for method in methods:
-        d = storage.read_array(src / f"distances_{method}.npy")
-        results[method] = {}
+    for key in keys:
+        d = storage.read_array(src / f"distances_{key}.npy")
+        results[key] = {}
         for split in cfg.splits:
-            mask = split_mask(q_splits, split)
-            if not mask.any():  # e.g. classes too small for a val split: report the others
-                continue
-            try:
-                m = retrieval_metrics(d[mask], q_labels[mask], s_labels, k=cfg.k)
-            except ValueError as e:  # no query of this split has a scene of its class left
-                raise DataError(f"cannot evaluate the {split} queries: {e}") from None
-            results[method].update({metric_key(split, k): float(v) for k, v in m.items()})
-            if split == report_split:
-                for row in per_class_metrics(d[mask], q_labels[mask], s_labels, k=cfg.k):
-                    class_rows.append({"method": method, "split": split, **row})
-                curves[method] = pr_curve(d[mask], q_labels[mask], s_labels)
+            for group, qm, sm in query_groups(queries, scenes, split):
+                try:
+                    m = retrieval_metrics(d[qm][:, sm], q_labels[qm], s_labels[sm], k=cfg.k)
+                except ValueError as e:  # no query of this group has a scene of its class left
+                    raise DataError(f"cannot evaluate the {' '.join((split, *group))} queries: {e}") from None
+                results[key].update({metric_key(split, k, group): float(v) for k, v in m.items()})
+                if (split, group) not in reported:
+                    reported.append((split, group))
+                if split == report_split and not group:
+                    for row in per_class_metrics(d[qm], q_labels[qm], s_labels, k=cfg.k):
+                        class_rows.append({"method": key, "split": split, **row})
+                    curves[key] = pr_curve(d[qm], q_labels[qm], s_labels)
     if not any(results.values()):
         raise DataError(f"no query in the evaluated splits ({', '.join(cfg.splits)})")
     dst.mkdir(parents=True, exist_ok=True)
@@ -89,15 +116,18 @@ def run(
     if curves:
         plot_pr_curves(curves, dst / "pr_curve.png")
         artifacts.append(str(dst / "pr_curve.png"))
-    gallery_method = next((m for m in methods if m != "random"), None)
-    mask = split_mask(q_splits, report_split)
-    if gallery_method is not None and mask.any():
-        artifacts.append(
-            _gallery(storage.read_array(src / f"distances_{gallery_method}.npy"), queries, scenes, mask, manifest_dir, views_dir, cfg, dst / "gallery.png")
-        )
-    n_rejected = _merge_rejects([manifest_dir, views_dir, *reject_dirs], dst / "rejected.parquet")
+    mask = split_mask(np.asarray(queries["split"]), report_split)
+    if mask.any():
+        thumbs = _thumbnails(images_dir)
+        for key in keys:
+            value = results[key].get(metric_key(report_split, "mAP"), float("nan"))
+            title = f"{key}: top {cfg.gallery_top} scenes for {report_split} queries (mAP {value:.3f})"
+            path = dst / f"gallery_{key}.png"
+            _gallery(storage.read_array(src / f"distances_{key}.npy"), queries, scenes, mask, thumbs, cfg, path, title)
+            artifacts.append(str(path))
+    n_rejected = _merge_rejects([manifest_dir, views_dir, images_dir], dst / "rejected.parquet")
     artifacts.append(str(dst / "rejected.parquet"))
-    return EvaluateResult(results, n_rejected, artifacts)
+    return EvaluateResult(results, n_rejected, reported, artifacts)
 
 
 def _write_json(path: Path, obj) -> str:
@@ -125,19 +155,46 @@ def _write_comparison(dst: Path, results: dict[str, dict[str, float]]) -> str:
     return str(dst / "comparison.md")
 
 
-def format_table(results: dict[str, dict[str, float]], split: str, k: int) -> str:
-    """A terminal table of one split's metrics, one row per method."""
+def format_table(results: dict[str, dict[str, float]], split: str, k: int, group: tuple[str, ...] = ()) -> str:
+    """A terminal table of one split's (and group's) metrics, one row per method."""
     names = ["NN", "FT", "ST", "E", "DCG", "mAP", f"P@{k}", f"mAP@{k}"]
     header = f"{'method':<14}" + "".join(f"{n:>10}" for n in names)
-    rows = [f"{m:<14}" + "".join(f"{d.get(metric_key(split, n), float('nan')):>10.3f}" for n in names) for m, d in results.items()]
-    return "\n".join([f"[{split} queries]", header, *rows])
+    rows = [f"{m:<14}" + "".join(f"{d.get(metric_key(split, n, group), float('nan')):>10.3f}" for n in names) for m, d in results.items()]
+    return "\n".join([f"[{' '.join((split, *group))} queries]", header, *rows])
 
 
-def _gallery(d, queries, scenes, mask, manifest_dir, views_dir, cfg: EvaluateConfig, path: Path) -> str:
+def report_groups(results: dict[str, dict[str, float]], splits: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """The (split, group) pairs present in a metrics.json, in print order."""
+    found = set()
+    for values in results.values():
+        for key in values:
+            for split in splits:
+                if key == f"{split}_mAP":
+                    found.add((split, ()))
+                elif key.startswith(f"{split}_") and key.endswith("_mAP"):
+                    found.add((split, tuple(key[len(split) + 1 : -len("_mAP")].split("_"))))
+    return sorted(found, key=lambda sg: (splits.index(sg[0]), len(sg[1]), sg[1]))
+
+
+def format_report(results: dict[str, dict[str, float]], splits: tuple[str, ...], k: int) -> str:
+    """Every table worth printing: per split, its zero-shot groups, and its domains when there are several."""
+    groups = report_groups(results, splits)
+    domains = {g[-1] for _, g in groups if g and g[-1] not in (SEEN, UNSEEN)}
+    shown = [(s, g) for s, g in groups if not g or len(domains) > 1 or g[-1] not in domains]  # one domain: its table repeats the split's
+    return "\n".join(format_table(results, s, k, g) for s, g in shown)
+
+
+def _thumbnails(images_dir: str) -> dict[tuple[str, int], np.ndarray]:
+    """The preprocessed unflipped image of every query (view -1) and every scene's view 0, as uint8 (H, W, 3)."""
+    src = Path(images_dir)
+    index = storage.read_table(src / "index.parquet").to_pydict()
+    images = storage.read_array(src / "images.npy", mmap=True)
+    rows = [i for i, (v, f) in enumerate(zip(index["view"], index["flip"])) if v in (-1, 0) and not f]
+    return {(index["item_id"][i], index["view"][i]): to_uint8(np.asarray(images[i]).transpose(1, 2, 0)) for i in rows}
+
+
+def _gallery(d, queries, scenes, mask, thumbs, cfg: EvaluateConfig, path: Path, title: str) -> str:
     """Top-k renders (view 0) for one query of each class in the reported split, wrong class marked."""
-    manifest = {r["item_id"]: r for r in storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()}
-    views = storage.read_table(Path(views_dir) / "views.parquet").to_pydict()
-    first_view = {i: p for i, v, p in zip(views["item_id"], views["view"], views["png"]) if v == 0}
     chosen, seen = [], set()
     for i in np.flatnonzero(mask):
         if queries["label"][i] not in seen and len(chosen) < cfg.gallery_queries:
@@ -145,17 +202,16 @@ def _gallery(d, queries, scenes, mask, manifest_dir, views_dir, cfg: EvaluateCon
             chosen.append(i)
     q_imgs, ranked_imgs, ranked_labels = [], [], []
     for i in chosen:
-        raw = decode_image(queries["item_id"][i], storage.read_bytes(manifest[queries["item_id"][i]]["uri"]))
-        q_imgs.append(to_uint8(preprocess_images([raw], 64, flips=False)[0].permute(1, 2, 0).numpy()))
+        q_imgs.append(thumbs[(queries["item_id"][i], -1)])
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
-        ranked_imgs.append([decode_image(scenes["item_id"][j], first_view[scenes["item_id"][j]]) for j in top])
+        ranked_imgs.append([thumbs[(scenes["item_id"][j], 0)] for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
-    plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path)
+    plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path, title=title)
     return str(path)
 
 
 def _merge_rejects(dirs: list[str], path: Path) -> int:
-    tables = [storage.read_table(Path(d) / "rejected.parquet") for d in dirs if (Path(d) / "rejected.parquet").is_file()]
+    tables = [storage.read_table(Path(d) / "rejected.parquet") for d in dirs if storage.exists(Path(d) / "rejected.parquet")]
     merged = pa.concat_tables(tables) if tables else pa.Table.from_pylist([], schema=REJECTED_SCHEMA)
     storage.write_table(path, merged)
     return merged.num_rows

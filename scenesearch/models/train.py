@@ -115,6 +115,7 @@ def train(
     checkpoint_dir: str | Path,
     seed: int,
     run_hash: str,
+    beta: float,
     validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
     monitor: str = "val_mAP",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -126,6 +127,7 @@ def train(
         validate: called after every epoch on the model in eval mode; returns metrics that
             include `monitor` (higher is better). Without it the training loss is monitored.
         run_hash: a checkpoint under `checkpoint_dir` is resumed only if it carries this hash.
+        beta: weight of the classifier's cross-entropy in the M2 labelled loss.
         on_epoch: receives (epoch, metrics) after every epoch, e.g. to log to MLflow.
 
     Raises:
@@ -185,7 +187,7 @@ def train(
             flip = torch.rand(len(idx), generator=order) < 0.5
             x = _batch(images, idx, flip, device)
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                out = model.labelled_loss(x, labels[idx], cfg.beta)
+                out = model.labelled_loss(x, labels[idx], beta)
                 loss = out["loss"]
                 if u_size:
                     u_idx = u_perm[b * u_size : (b + 1) * u_size]

@@ -1,6 +1,7 @@
 """Rendering: 13 views per scene with a real OpenGL rasteriser (see gl.py), and the render step.
 
-Public: `render_views(path, size=64)`, `run(manifest_dir, out_dir, cfg)`.
+Public: `render_views(path, size=64)`, `run(manifest_dir, out_dir, cfg)`; meshes are turned Y up
+by `orient_mesh` (``render.up_axis``) and blank views found by `blank_views` (coverage.py).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import os
 import numpy as np
 
 from scenesearch.render.camera import view_rig
+from scenesearch.render.coverage import blank_views
 from scenesearch.render.gl import Lighting, Renderer
-from scenesearch.render.mesh import Camera, SceneMesh, load_mesh
+from scenesearch.render.mesh import Camera, SceneMesh, detect_up_axis, load_mesh, orient_mesh, to_y_up
 
 _RENDERERS: dict[tuple[int, int], Renderer] = {}
 
@@ -39,7 +41,9 @@ def render_mesh_views(
     return get_renderer(size, render_size or size * 2).render(mesh, cameras, lighting)
 
 
-def render_views(path: str | os.PathLike, size: int = 64, render_size: int | None = None, n_views: int = 13) -> np.ndarray:
+def render_views(
+    path: str | os.PathLike, size: int = 64, render_size: int | None = None, n_views: int = 13, up_axis: str = "auto"
+) -> np.ndarray:
     """Render a scene file from 13 viewpoints.
 
     View 0 is the file's saved camera when it has one (SketchUp scenes, glTF cameras), else a
@@ -50,6 +54,7 @@ def render_views(path: str | os.PathLike, size: int = 64, render_size: int | Non
         size: output side in pixels.
         render_size: drawing side before area downsampling (default 2 * size).
         n_views: views in the rig.
+        up_axis: the file's up axis, "auto", "y" or "z" (see `orient_mesh`).
 
     Returns:
         (n_views, size, size, 3) uint8 array.
@@ -57,8 +62,23 @@ def render_views(path: str | os.PathLike, size: int = 64, render_size: int | Non
     Raises:
         ItemError: the file cannot be loaded as a usable mesh.
         RenderError: no OpenGL context can be created.
+        ValueError: an unknown `up_axis`.
     """
-    return render_mesh_views(load_mesh(path), size, render_size, n_views)
+    mesh, _ = orient_mesh(load_mesh(path), str(path), up_axis)
+    return render_mesh_views(mesh, size, render_size, n_views)
 
 
-__all__ = ["Camera", "Lighting", "Renderer", "SceneMesh", "load_mesh", "render_mesh_views", "render_views", "view_rig"]
+__all__ = [
+    "Camera",
+    "Lighting",
+    "Renderer",
+    "SceneMesh",
+    "blank_views",
+    "detect_up_axis",
+    "load_mesh",
+    "orient_mesh",
+    "render_mesh_views",
+    "render_views",
+    "to_y_up",
+    "view_rig",
+]

@@ -4,6 +4,11 @@ trimesh reads OBJ(+MTL, textures), glTF/GLB, PLY, OFF and STL; openskp reads Ske
 (geometry, materials and the file's saved scene cameras). Textures are sampled to vertex
 colours (trimesh's ``TextureVisuals.to_color``), which at 64x64 output loses nothing visible.
 Every check that makes a mesh unusable raises ItemError with a sentence naming the file.
+
+The renderer works Y up. SketchUp is Z up, and openskp's baked geometry (with `_skp_camera`)
+already turns it Y up, so a loaded .skp is Y up; glTF is Y up by its specification; OBJ, PLY,
+OFF and STL have no convention. `orient_mesh` applies ``render.up_axis`` after loading:
+`detect_up_axis` decides ``auto`` per file and `to_y_up` turns a Z-up mesh Y up.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import io
 import os
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,12 @@ from scenesearch.errors import DataError, ItemError
 
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl", ".skp")
 DEFAULT_GREY = np.array([0.7, 0.7, 0.7], dtype=np.float32)
+UP_AXES = ("auto", "y", "z")
+# Files whose up axis is fixed and already Y once loaded: SketchUp (Z up, turned Y up by openskp's
+# baked geometry) and glTF (Y up by its specification). `auto` never rotates them.
+Y_UP_WHEN_LOADED = (".skp", ".glb", ".gltf")
+# auto calls a file Z up when its bounding box is at least this many times thinner along Z than along X and Y
+Z_FLAT_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -241,3 +252,101 @@ def _skp_camera(model) -> Camera | None:
             up = page.up or (0.0, 0.0, 1.0)
             return Camera(yup(page.eye), yup(page.target), (up[0], up[2], -up[1]), float(page.fov or 35.0))
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Up axis
+# --------------------------------------------------------------------------------------------
+
+
+def detect_up_axis(mesh: SceneMesh, source_name: str) -> str:
+    """Guess which axis of a loaded mesh points up: the rule behind ``render.up_axis: auto``.
+
+    The rule, conservative on purpose (a wrong rotation turns a good scene on its side):
+
+    - .skp, .glb and .gltf files are "y": SketchUp's Z up is already turned Y up by the loader
+      (rotating again would lay the scene on its side), and glTF is Y up by its specification.
+    - Other files (OBJ, PLY, OFF, STL: no convention) are "z" only when their bounding box is
+      flat in the XY plane: with extents (ex, ey, ez), ``Z_FLAT_RATIO * ez < min(ex, ey)``, i.e.
+      at least 4x thinner along Z than along both X and Y. That is a floor plan or site modelled
+      Z up. A Y-up scene lies in the XZ plane (a ground as deep as it is wide, ez ~ ex), so it
+      never matches, however flat it is along Y; the embedded benchmark's scenes have
+      ez / min(ex, ey) >= 0.98. The one Y-up shape that does match is a wall or facade (thin
+      along Z); laid flat it is seen from 30 degrees above instead of edge-on from two sides,
+      where it would draw next to nothing. Everything else is "y" (today's behaviour): a tall Z-up
+      object still renders, on its side; set ``render.up_axis: z`` for such files.
+
+    Args:
+        mesh: the mesh as `load_mesh` returns it.
+        source_name: its file name or URI; only the extension is read.
+
+    Returns:
+        "y" or "z".
+    """
+    if Path(source_name).suffix.lower() in Y_UP_WHEN_LOADED:
+        return "y"
+    ex, ey, ez = (float(v) for v in mesh.positions.max(0) - mesh.positions.min(0))
+    return "z" if Z_FLAT_RATIO * ez < min(ex, ey) else "y"
+
+
+def to_y_up(mesh: SceneMesh, axis: str) -> SceneMesh:
+    """Turn a mesh whose `axis` points up into the renderer's Y-up frame.
+
+    "z" maps (x, y, z) -> (x, z, -y), a rotation of -90 degrees about X, the same map as
+    openskp's SketchUp conversion: Z becomes up and a Z-up file's front (-Y) faces the
+    renderer's front (+Z). Positions, normals and the saved camera turn together; winding is
+    kept, so back-face culling still holds.
+
+    Args:
+        mesh: a loaded mesh.
+        axis: "y" (returned unchanged) or "z".
+
+    Returns:
+        The Y-up mesh.
+
+    Raises:
+        ValueError: `axis` is neither "y" nor "z".
+    """
+    if axis == "y":
+        return mesh
+    if axis != "z":
+        raise ValueError(f"up axis must be 'y' or 'z', got {axis!r}")
+
+    def turn(v: np.ndarray) -> np.ndarray:  # (..., 3)
+        v = np.asarray(v)
+        return np.stack([v[..., 0], v[..., 2], -v[..., 1]], axis=-1)
+
+    camera = mesh.camera
+    if camera is not None:
+        camera = replace(camera, **{k: tuple(float(c) for c in turn(getattr(camera, k))) for k in ("eye", "target", "up")})
+    return replace(
+        mesh,
+        positions=np.ascontiguousarray(turn(mesh.positions), dtype=np.float32),
+        normals=np.ascontiguousarray(turn(mesh.normals), dtype=np.float32),
+        camera=camera,
+    )
+
+
+def orient_mesh(mesh: SceneMesh, source_name: str, up_axis: str = "auto") -> tuple[SceneMesh, str]:
+    """Apply ``render.up_axis`` to a loaded mesh.
+
+    A .skp file is never rotated, whatever the setting: its loader has already turned it Y up.
+
+    Args:
+        mesh: the mesh as `load_mesh` returns it.
+        source_name: its file name or URI (the extension matters).
+        up_axis: "auto" (`detect_up_axis`), "y" (as loaded) or "z" (the file is Z up).
+
+    Returns:
+        (the Y-up mesh, the axis that was taken as the file's up: "y" or "z").
+
+    Raises:
+        ValueError: an unknown `up_axis`.
+    """
+    if up_axis not in UP_AXES:
+        raise ValueError(f"up_axis must be one of {', '.join(UP_AXES)}, got {up_axis!r}")
+    if up_axis == "auto":
+        axis = detect_up_axis(mesh, source_name)
+    else:
+        axis = "y" if Path(source_name).suffix.lower() == ".skp" else up_axis
+    return to_y_up(mesh, axis), axis

@@ -1,6 +1,8 @@
 """The render step: every scene in the manifest -> 13 PNG views in ``views.parquet``.
 
-Output columns: item_id, view (0..12), png (bytes). Scenes that fail to load or draw are
+Output columns: item_id, view (0..12), png (bytes). Each mesh is turned Y up as
+``render.up_axis`` says (`scenesearch.render.mesh.orient_mesh`). Scenes that fail to load or
+draw, or that come out blank in any view (`scenesearch.render.coverage.blank_views`), are
 added to ``rejected.parquet`` with their reason; the others go on.
 """
 
@@ -21,8 +23,9 @@ from scenesearch.config import RenderConfig
 from scenesearch.io import write_rejected
 from scenesearch.errors import DataError, ItemError
 from scenesearch.render import render_mesh_views
+from scenesearch.render.coverage import check_not_blank
 from scenesearch.render.gl import Lighting, renderer_info
-from scenesearch.render.mesh import load_mesh
+from scenesearch.render.mesh import load_mesh, orient_mesh
 
 VIEWS_SCHEMA = pa.schema([("item_id", pa.string()), ("view", pa.int32()), ("png", pa.binary())])
 
@@ -59,8 +62,9 @@ def run(manifest_dir: str, out_dir: str, cfg: RenderConfig, shard: int = 0, n_sh
     start = time.perf_counter()
     for r in tqdm(scenes, desc=f"render {shard + 1}/{n_shards}" if n_shards > 1 else "render", unit="scene"):
         try:
-            mesh = load_mesh(r["uri"])
+            mesh, up = orient_mesh(load_mesh(r["uri"]), r["uri"], cfg.up_axis)
             views = render_mesh_views(mesh, cfg.size, cfg.render_size, cfg.n_views, cfg.elevation_deg, cfg.fov_deg, lighting)
+            check_not_blank(views, r["item_id"], cfg.background, up)
         except ItemError as e:
             rejected.append((r["uri"], str(e)))
             continue

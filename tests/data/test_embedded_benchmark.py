@@ -1,9 +1,14 @@
 """Expectations on the generated embedded benchmark and its manifest."""
 
+import csv
+
+import numpy as np
 import pyarrow.parquet as pq
 
+from scenesearch import domains
 from scenesearch.data import ingest
 from scenesearch.data.generate import generate
+from scenesearch.data.synthetic_scenes import CLASS_ATTRIBUTE_NAMES, SCENE_CLASSES
 
 
 def test_layout_formats_and_manifest(smoke_dataset, smoke_cfg, tmp_path):
@@ -19,7 +24,9 @@ def test_layout_formats_and_manifest(smoke_dataset, smoke_cfg, tmp_path):
     assert m.item_id.is_unique and m.sha256.is_unique
     for (_, _), group in m.groupby(["label", "domain"]):
         assert "train" in set(group.split)  # every class trains in both domains
-    assert set(m[m.domain == "query"].split) == {"train", "val", "test"}
+    assert set(m.domain) == {domains.SCENE, "photo"} and set(m.class_split) == {domains.SEEN}
+    assert set(m[m.domain == "photo"].split) == {"train", "val", "test"}
+    assert set(ingest.read_semantics(tmp_path / "m")) == set(m.label)
 
 
 def test_generation_is_deterministic(tmp_path, smoke_cfg):
@@ -44,3 +51,22 @@ def test_generate_refuses_a_folder_it_did_not_write(tmp_path, smoke_cfg):
     with pytest.raises(DataError, match="was not made by `scenesearch generate`"):
         generate(tmp_path / "mine", smoke_cfg.data)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep me"
+
+
+def test_semantics_csv_describes_every_class(smoke_dataset, smoke_cfg):
+    with open(smoke_dataset / "semantics.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class", *CLASS_ATTRIBUTE_NAMES] and 8 <= len(CLASS_ATTRIBUTE_NAMES) <= 16
+    assert [r[0] for r in rows[1:]] == list(SCENE_CLASSES[: smoke_cfg.data.n_classes])
+    vectors = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert np.isfinite(vectors).all() and len(np.unique(vectors, axis=0)) == len(vectors)  # no two classes alike
+    assert ((vectors > 0).sum(axis=1) > 1).all()  # not one-hot
+    assert not np.isin(vectors, (0.0, 1.0)).all()  # graded, not only binary
+
+
+def test_every_generator_class_has_attributes():
+    from scenesearch.data.synthetic_scenes import CLASS_ATTRIBUTES
+
+    assert list(CLASS_ATTRIBUTES) == list(SCENE_CLASSES)
+    assert all(len(v) == len(CLASS_ATTRIBUTE_NAMES) for v in CLASS_ATTRIBUTES.values())
+    assert len(set(CLASS_ATTRIBUTES.values())) == len(SCENE_CLASSES)

@@ -18,3 +18,43 @@ def test_shapes_range_and_flips():
 def test_without_flips():
     x = preprocess_images([np.zeros((10, 10, 3), np.uint8)], size=32, flips=False)
     assert x.shape == (1, 3, 32, 32)
+
+
+def test_run_preprocesses_every_query_domain_and_keeps_class_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scenesearch import config, domains, preprocess, storage
+    from scenesearch.data import ingest
+
+    rng = np.random.default_rng(0)
+    pictures = {name: rng.integers(0, 256, (20, 20, 3), dtype=np.uint8) for name in ("render", "photo", "sketch", "bad")}
+    for name in ("photo", "sketch"):
+        (tmp_path / f"{name}.png").write_bytes(storage.png_bytes(pictures[name]))
+    (tmp_path / "bad.png").write_bytes(b"broken")
+    rows = [
+        ("scenes/a/s.glb", domains.SCENE, domains.SEEN, "train", "s.glb"),
+        ("queries/a/q.png", "photo", domains.SEEN, "val", "photo.png"),
+        ("queries/b/x.png", "photo", domains.UNSEEN, "test", "bad.png"),
+        ("sketches/b/k.png", "sketch", domains.UNSEEN, "test", "sketch.png"),
+    ]
+    manifest = [
+        {"item_id": i, "label": i.split("/")[1], "domain": d, "split": s, "class_split": c, "uri": str(tmp_path / f), "sha256": i}
+        for i, d, c, s, f in rows
+    ]
+    (tmp_path / "m").mkdir()
+    pq.write_table(pa.Table.from_pylist(manifest, schema=ingest.MANIFEST_SCHEMA), tmp_path / "m" / "manifest.parquet")
+    (tmp_path / "v").mkdir()
+    views = [{"item_id": "scenes/a/s.glb", "view": 0, "png": storage.png_bytes(pictures["render"])}]
+    pq.write_table(pa.Table.from_pylist(views), tmp_path / "v" / "views.parquet")  # the render step's columns
+
+    result = preprocess.run(str(tmp_path / "m"), str(tmp_path / "v"), str(tmp_path / "out"), config.PreprocessConfig(size=16))
+    index = pq.read_table(tmp_path / "out" / "index.parquet").to_pandas()
+    assert list(index.columns) == ["item_id", "label", "domain", "split", "class_split", "view", "flip"]
+    assert index.item_id.tolist() == ["scenes/a/s.glb"] * 2 + ["queries/a/q.png"] * 2 + ["sketches/b/k.png"] * 2
+    assert index.domain.tolist() == [domains.SCENE] * 2 + ["photo"] * 2 + ["sketch"] * 2
+    assert index.class_split.tolist() == [domains.SEEN] * 4 + [domains.UNSEEN] * 2
+    assert index.view.tolist() == [0, 0, -1, -1, -1, -1] and index.flip.tolist() == [False, True] * 3
+    assert result.n_images == 6 and result.n_rejected == 1
+    images = np.load(tmp_path / "out" / "images.npy")
+    np.testing.assert_array_equal(images[4], preprocess_images([pictures["sketch"]], size=16, flips=False)[0].numpy())

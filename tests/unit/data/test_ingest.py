@@ -1,4 +1,7 @@
-"""Ingest: every kind of bad input becomes a rejects row with a reason, and the good items go through."""
+"""Ingest: every kind of bad input becomes a rejects row with a reason, and the good items go through.
+
+Also: query domains (photos, sketches), zero-shot class splits and the semantics.csv side information.
+"""
 
 import io
 import subprocess
@@ -11,7 +14,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from scenesearch import config, storage
+from scenesearch import config, domains, storage
 from scenesearch.data import ingest
 from scenesearch.errors import DataError, ItemError
 
@@ -99,7 +102,7 @@ def test_bad_files_are_rejected_with_reasons_and_good_ones_kept(messy, tmp_path)
         "queries/blue/photo.gif": "unsupported image extension '.gif'",
         "scenes/onlyscenes/a.glb": "class 'onlyscenes' has no queries",
         "queries/onlyqueries/a.png": "class 'onlyqueries' has no scenes",
-        "stray.bin": "outside scenes/ and queries/",
+        "stray.bin": "is outside the folders scenes/, queries/, sketches/",
     }
     assert set(reasons) == set(expected)
     for rel, fragment in expected.items():
@@ -107,7 +110,8 @@ def test_bad_files_are_rejected_with_reasons_and_good_ones_kept(messy, tmp_path)
         assert "\n" not in reasons[rel]
     assert reasons["scenes/red/garbage.obj"].startswith("scenes/red/garbage.obj:")
 
-    assert sorted(manifest.columns) == sorted(["item_id", "label", "domain", "split", "uri", "sha256"])
+    assert list(manifest.columns) == ["item_id", "label", "domain", "split", "class_split", "uri", "sha256"]
+    assert set(manifest.domain) == {domains.SCENE, "photo"} and set(manifest.class_split) == {domains.SEEN}
     assert result.n_scenes == 6 and result.n_queries == 10 and result.n_classes == 2
     assert {"queries/red/grey.png", "queries/red/rgba.png", "queries/red/deep.png", "queries/red/palette.png"} <= set(manifest.item_id)
     assert set(manifest.split) <= {"train", "val", "test"}
@@ -210,3 +214,186 @@ def test_decode_image_converts_modes():
     assert ingest.decode_image("a.png", _png(np.full((4, 4), 65535, np.uint16))).max() == 255
     with pytest.raises(ItemError, match="the file is empty"):
         ingest.decode_image("a.png", b"")
+
+
+
+# ---------------------------------------------------------------- query domains
+
+
+def _tiny(root: Path, classes=("a", "b", "c", "d"), n=5, photos=True) -> Path:
+    """n scenes and (with photos) n query photos per class; every file distinct, also across calls."""
+    rng = np.random.default_rng(sum(map(ord, "".join(classes))))
+    for cls in classes:
+        for i in range(n):
+            _write(root, f"scenes/{cls}/s{i}.glb", _box(size=(1 + sum(map(ord, cls)) / 100, 1 + i, 1)).export(file_type="glb"))
+            if photos:
+                _write(root, f"queries/{cls}/q{i}.png", _png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    return root
+
+
+def _manifest(out: Path):
+    return pq.read_table(out / "manifest.parquet").to_pandas()
+
+
+def test_sketches_are_ingested_as_their_own_domain(tmp_path):
+    root = _tiny(tmp_path / "ds", classes=("a", "b"))
+    rng = np.random.default_rng(2)
+    _write(root, "sketches/a/k0.png", _png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    _write(root, "sketches/a/k1.jpg", b"not a jpeg")
+    result = ingest.run(str(root), str(tmp_path / "out"), config.DataConfig())
+    m = _manifest(tmp_path / "out").set_index("item_id")
+    assert m.loc["sketches/a/k0.png", "domain"] == "sketch" and m.loc["queries/a/q0.png", "domain"] == "photo"
+    assert result.n_queries == 11 and result.n_rejected == 1
+    rejected = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pydict()["reason"]
+    assert rejected == ["sketches/a/k1.jpg: the image cannot be decoded (unknown or corrupt image format)"]
+
+
+def test_a_class_with_only_sketches_and_scenes_is_kept(tmp_path):
+    root = _tiny(tmp_path / "ds", classes=("a",))
+    _tiny(root, classes=("sk",), photos=False)
+    _tiny(root, classes=("lonely",), photos=False)
+    _write(root, "sketches/sk/k0.png", _png(np.full((8, 8, 3), 9, np.uint8)))
+    ingest.run(str(root), str(tmp_path / "out"), config.DataConfig())
+    m = _manifest(tmp_path / "out")
+    assert set(m.label) == {"a", "sk"}
+    assert set(m[m.label == "sk"].domain) == {domains.SCENE, "sketch"}
+    reasons = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pydict()["reason"]
+    assert reasons and all(r.endswith("class 'lonely' has no queries or sketches") for r in reasons)
+
+
+def test_photo_only_splits_are_unchanged(smoke_dataset, smoke_cfg, tmp_path):
+    """The smoke benchmark's fingerprint (ids, checksums, labels, splits) as recorded before sketches and zero-shot splits."""
+    result = ingest.run(str(smoke_dataset), str(tmp_path / "m"), smoke_cfg.data, smoke_cfg.seed)
+    assert result.fingerprint == "6b22e4543ea94b6a"
+    assert result.n_unseen_classes == 0 and result.metrics()["n_unseen_classes"] == 0
+
+
+# ---------------------------------------------------------------- zero-shot splits
+
+
+def _zero_shot(**kw) -> config.DataConfig:
+    return config.DataConfig(split="zero_shot", **kw)
+
+
+def _check_zero_shot(m, unseen: set[str]) -> None:
+    assert set(m[m.class_split == domains.UNSEEN].label) == unseen
+    assert set(m[m.split.isin(["train", "val"])].label).isdisjoint(unseen)  # never trained or tuned on
+    assert (m[m.label.isin(unseen)].split == "test").all()
+    for _, group in m[~m.label.isin(unseen)].groupby(["label", "domain"]):
+        assert set(group.class_split) == {domains.SEEN} and set(group.split) == {"train", "val", "test"}
+
+
+def test_zero_shot_by_names(tmp_path):
+    root = _tiny(tmp_path / "ds")
+    (root / "splits.csv").write_text("path,split\nscenes/b/s0.glb,train\n")  # ignored for an unseen class
+    result = ingest.run(str(root), str(tmp_path / "out"), _zero_shot(unseen_classes=("b", "d")))
+    _check_zero_shot(_manifest(tmp_path / "out"), {"b", "d"})
+    assert result.n_unseen_classes == 2 and result.metrics()["n_unseen_classes"] == 2
+
+
+def test_zero_shot_by_table(tmp_path):
+    root = _tiny(tmp_path / "ds")
+    (root / "class_splits.csv").write_text("class,split\na,seen\nb,seen\nc,unseen\nd,seen\nextra,unseen\n")
+    ingest.run(str(root), str(tmp_path / "out"), _zero_shot())
+    _check_zero_shot(_manifest(tmp_path / "out"), {"c"})
+
+
+def test_zero_shot_by_fraction_is_seeded_and_leaves_seen_splits_as_in_items_mode(tmp_path):
+    root = _tiny(tmp_path / "ds")
+    runs = {name: ingest.run(str(root), str(tmp_path / name), cfg, seed) for name, cfg, seed in (
+        ("a", _zero_shot(unseen_fraction=0.5), 7), ("b", _zero_shot(unseen_fraction=0.5), 7), ("items", config.DataConfig(), 7))}  # fmt: skip
+    a, b, items = (_manifest(tmp_path / name) for name in runs)
+    unseen = set(a[a.class_split == domains.UNSEEN].label)
+    assert len(unseen) == 2 and runs["a"].n_unseen_classes == 2
+    _check_zero_shot(a, unseen)
+    assert runs["a"].fingerprint == runs["b"].fingerprint
+    seen_rows = lambda m: m[~m.label.isin(unseen)].set_index("item_id").split.sort_index()  # noqa: E731
+    assert seen_rows(a).equals(seen_rows(items))
+    # the draw depends on the seed and the class names only
+    draws = {frozenset(ingest.unseen_classes(["d", "c", "b", "a"], _zero_shot(), str(root), s)) for s in range(20)}
+    assert ingest.unseen_classes(["a", "b", "c", "d"], _zero_shot(), str(root), 3) == ingest.unseen_classes(["d", "b", "c", "a"], _zero_shot(), str(root), 3)
+    assert len(draws) > 1 and all(len(d) == 1 for d in draws)  # round(0.25 * 4) = 1
+
+
+@pytest.mark.parametrize("fraction, n_classes, expected", [(0.01, 4, 1), (0.99, 4, 3), (0.5, 2, 1), (0.25, 10, 2)])
+def test_zero_shot_fraction_keeps_both_sides(tmp_path, fraction, n_classes, expected):
+    classes = [f"c{i}" for i in range(n_classes)]
+    assert len(ingest.unseen_classes(classes, _zero_shot(unseen_fraction=fraction), str(tmp_path))) == expected
+
+
+@pytest.mark.parametrize(
+    "table, cfg, message",
+    [
+        (None, _zero_shot(unseen_classes=("b", "zebra")), r"^data.unseen_classes names 'zebra', not a class of the dataset \(classes: a, b, c, d\)$"),
+        (None, _zero_shot(unseen_classes=("a", "b", "c", "d")), r"^data.unseen_classes makes every class unseen; leave at least one seen class to train on$"),
+        ("klass,split\na,seen\n", _zero_shot(), r"class_splits.csv must have the header 'class,split'$"),
+        ("class,split\na,seen\nb,holdout\n", _zero_shot(), r"class_splits.csv line 3: split must be one of seen, unseen, got 'holdout'$"),
+        ("class,split\na,seen\n,unseen\n", _zero_shot(), r"class_splits.csv line 3: the class name is empty$"),
+        ("class,split\na,seen\nb,unseen\na,unseen\n", _zero_shot(), r"class_splits.csv line 4: class 'a' is listed again \(first on line 2\)$"),
+        ("class,split\na,seen\nb,unseen\n", _zero_shot(), r"class_splits.csv has no row for the classes 'c', 'd'$"),
+        ("class,split\na,seen\nb,seen\nc,seen\nd,seen\n", _zero_shot(), r"class_splits.csv marks no class of the dataset unseen$"),
+    ],
+)
+def test_bad_zero_shot_choices_are_one_sentence(tmp_path, table, cfg, message):
+    root = _tiny(tmp_path / "ds", n=3)
+    if table is not None:
+        (root / "class_splits.csv").write_text(table)
+    with pytest.raises(DataError, match=message):
+        ingest.run(str(root), str(tmp_path / "out"), cfg)
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_zero_shot_needs_two_classes(tmp_path):
+    with pytest.raises(DataError, match="^a zero-shot split needs at least two classes, the dataset has 1$"):
+        ingest.run(str(_tiny(tmp_path / "ds", classes=("a",))), str(tmp_path / "out"), _zero_shot())
+
+
+# ---------------------------------------------------------------- semantics.csv
+
+
+def test_semantics_csv_becomes_semantics_parquet(tmp_path):
+    root = _tiny(tmp_path / "ds", classes=("b", "a"), n=3)
+    (root / "semantics.csv").write_text("\ufeffclass,indoor,size\nb, 1 ,0.25\n\nzebra,3,4\na,0,-1.5e2\n")  # BOM, spaces, a blank line, an extra class
+    ingest.run(str(root), str(tmp_path / "out"), config.DataConfig())
+    table = pq.read_table(tmp_path / "out" / "semantics.parquet")
+    assert table.schema.field("class").type == "string" and str(table.schema.field("vector").type) == "list<element: float>"
+    assert table.column("class").to_pylist() == ["a", "b"]  # the dataset's classes, sorted
+    sem = ingest.read_semantics(tmp_path / "out")
+    assert set(sem) == {"a", "b"} and sem["a"].dtype == np.float32
+    np.testing.assert_array_equal(sem["a"], [0.0, -150.0])
+    np.testing.assert_array_equal(sem["b"], [1.0, 0.25])
+
+
+def test_without_semantics_csv_there_is_no_semantics_parquet(tmp_path):
+    ingest.run(str(_tiny(tmp_path / "ds", n=3)), str(tmp_path / "out"), config.DataConfig())
+    assert not (tmp_path / "out" / "semantics.parquet").exists()
+    assert ingest.read_semantics(tmp_path / "out") is None
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"line 1: the header must start with 'class' \(class,v1,...,vn\), got nothing$"),
+        ("name,x\na,1\nb,2\n", r"line 1: the header must start with 'class' \(class,v1,...,vn\), got unknown column 'name'$"),
+        ("class\na\nb\n", r"line 1: the header has no value column after 'class' \(class,v1,...,vn\)$"),
+        ("class,x,\na,1,2\nb,2,3\n", r"line 1: column 3 of the header has no name$"),
+        ("class,x,x\na,1,2\nb,2,3\n", r"line 1: column 'x' appears twice in the header$"),
+        ("class,x,y\na,1,2\nb,2\n", r"line 3: 2 fields, but the header has 3$"),
+        ("class,x,y\na,1,2\nb,2,3,4\n", r"line 3: 4 fields, but the header has 3$"),
+        ("class,x,y\na,1,2\nb,2,big\n", r"line 3: column 'y' must be a number, got 'big'$"),
+        ("class,x,y\na,1,\nb,2,3\n", r"line 2: column 'y' must be a number, got ''$"),
+        ("class,x,y\na,nan,2\nb,2,3\n", r"line 2: column 'x' must be a finite float32 number, got 'nan'$"),
+        ("class,x,y\na,1,-inf\nb,2,3\n", r"line 2: column 'y' must be a finite float32 number, got '-inf'$"),
+        ("class,x,y\na,1,1e39\nb,2,3\n", r"line 2: column 'y' must be a finite float32 number, got '1e39'$"),
+        ("class,x,y\na,1,2\nb,2,3\na,3,4\n", r"line 4: class 'a' is listed again \(first on line 2\)$"),
+        ("class,x,y\na,1,2\n,2,3\n", r"line 3: the class name is empty$"),
+        ("class,x,y\na,1,2\n", r"semantics.csv has no row for the class 'b'$"),
+    ],
+)
+def test_bad_semantics_csv_is_one_sentence_naming_file_and_line(tmp_path, text, message):
+    root = _tiny(tmp_path / "ds", classes=("a", "b"), n=3)
+    (root / "semantics.csv").write_text(text)
+    with pytest.raises(DataError, match=message) as e:
+        ingest.run(str(root), str(tmp_path / "out"), config.DataConfig())
+    assert str(e.value).startswith(str(root.resolve() / "semantics.csv")) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()

@@ -1,20 +1,23 @@
-"""A trained CVAE as an MLflow model that answers queries: images in, top-k scenes out.
+"""Any servable method's model folder as an MLflow model that answers queries: images in, top-k scenes out.
 
-One logged MLflow model per trained architecture holds
-- the network, saved with ``mlflow.pytorch`` (artifact ``network``; pytorch flavour inside),
-- the gallery: every scene's id, label and encoded renders [mu | logvar | logits] (``gallery.npz``),
-- the preprocessing (image size) and retrieval settings (alpha) in ``meta.json``,
-and a ``python_function`` flavour (`SceneRetrievalModel`) whose ``predict`` takes a batch of RGB
-uint8 images (B, H, W, 3) of any size and returns one row per (query, rank): scene id, class,
-distance. It loads with ``mlflow.pyfunc.load_model("models:/scenesearch@champion")`` and serves
-with ``mlflow models serve --env-manager local``.
+One logged MLflow model per (method, variant) holds
+- the model folder of the train step (``method.json`` and the method's own files: weights, PCA...),
+- the gallery: every scene's id, label and embedded views (``gallery.npz``),
+- the scenesearch package (and any plugin module) as code,
+and a ``python_function`` flavour (`SceneRetrievalModel`, the same class for every method) whose
+``predict`` takes a batch of RGB uint8 images (B, H, W, 3) of any size, preprocesses them as the
+pipeline does, lets the method embed and score them, and returns one row per (query, rank):
+scene id, class, distance. It loads with ``mlflow.pyfunc.load_model("models:/scenesearch@champion")``
+and serves with ``mlflow models serve --env-manager local``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,8 +31,10 @@ except ImportError:  # pragma: no cover
     PythonModel = object
 
 log = logging.getLogger(__name__)
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # scenesearch/, shipped with the model as code
+PACKAGE_DIR = Path(__file__).resolve().parent  # scenesearch/, shipped with the model as code
 SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyarrow", "scikit-learn", "pyyaml")
+# What the train step writes that serving does not need (the gallery is rebuilt as gallery.npz)
+NOT_SERVED = ("embeddings.npy", "index.parquet", "checkpoint", "mlflow.json", "history.json")
 
 
 def pip_requirements() -> list[str]:
@@ -38,44 +43,44 @@ def pip_requirements() -> list[str]:
 
 
 def build_gallery(model_dir: str | Path) -> dict[str, np.ndarray]:
-    """Scene ids, labels and per-render encodings (S, V, 2d + C) from a train-step folder."""
+    """Scene ids, labels and per-view embeddings (S, V, d) from a model folder."""
     from scenesearch import storage
-    from scenesearch.retrieval import arrange
+    from scenesearch.gallery import arrange
 
-    enc = storage.read_array(Path(model_dir) / "encodings.npy")
-    inputs = arrange(enc, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())
-    return {"scene_ids": np.array(inputs.scenes["item_id"]), "labels": np.array(inputs.scenes["label"]), "encodings": inputs.scene_feats.astype(np.float32)}
+    emb = storage.read_array(Path(model_dir) / "embeddings.npy")
+    inputs = arrange(emb, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())
+    return {"scene_ids": np.array(inputs.scenes["item_id"]), "labels": np.array(inputs.scenes["label"]), "embeddings": inputs.scene_feats.astype(np.float32)}
 
 
 class SceneRetrievalModel(PythonModel):
-    """pyfunc: (B, H, W, 3) uint8 images -> DataFrame(query, rank, scene_id, label, distance)."""
+    """pyfunc for every method: (B, H, W, 3) uint8 images -> DataFrame(query, rank, scene_id, label, distance)."""
 
     def load_context(self, context):
-        import mlflow.pytorch
         import torch
 
-        self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.network = mlflow.pytorch.load_model(context.artifacts["network"], map_location="cpu").eval()
-        g = np.load(context.artifacts["gallery"], allow_pickle=False)
+        from scenesearch import methods
+
+        folder = Path(context.artifacts["model"])
+        record = json.loads((folder / "method.json").read_text())
+        methods.load_plugins(tuple(record.get("plugins", ())))
+        self.method, self.key = record["method"], record["key"]
+        self.retriever = methods.get(record["method"]).load(folder, record["meta"])
+        g = np.load(folder / "gallery.npz", allow_pickle=False)
         self.scene_ids, self.labels = g["scene_ids"].tolist(), g["labels"].tolist()
-        self.gallery = torch.from_numpy(g["encodings"])
-        self.default_top_k = int(self.meta.get("top_k", 10))
+        self.gallery = torch.from_numpy(g["embeddings"])
+        self.default_top_k = int(record.get("top_k", 10))
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
         import torch
 
-        from scenesearch.models.step import split_encodings
         from scenesearch.preprocess import preprocess_images
-        from scenesearch.retrieval import cvae_scene_distances
 
         images = _as_images(model_input)
         top_k = min(int((params or {}).get("top_k") or self.default_top_k), len(self.scene_ids))
-        x = preprocess_images(list(images), self.meta["image_size"], flips=False)
-        latent = self.meta["latent"]
+        x = preprocess_images(list(images), self.retriever.image_size, flips=False)
         with torch.inference_mode():
-            q = split_encodings(self.network(x).float(), latent)
-            d = cvae_scene_distances(*q, *split_encodings(self.gallery, latent), alpha=self.meta["alpha"])
+            d = torch.as_tensor(self.retriever.score(self.retriever.embed(x), self.gallery))
         dist, idx = torch.topk(d, top_k, dim=1, largest=False, sorted=True)
         rows = [
             {"query": qi, "rank": r + 1, "scene_id": self.scene_ids[j], "label": self.labels[j], "distance": float(dist[qi, r])}
@@ -122,37 +127,58 @@ class LoggedModel:
     model_id: str
 
 
+def _code_paths(plugins: list[str]) -> list[str]:
+    """The scenesearch package plus each plugin's top-level module or package (MLflow puts them on sys.path)."""
+    paths = [str(PACKAGE_DIR)]
+    for name in plugins:
+        top = importlib.import_module(name.split(".")[0])
+        origin = Path(top.__file__)
+        paths.append(str(origin.parent if origin.name == "__init__.py" else origin))
+    return list(dict.fromkeys(paths))
+
+
 def log_model(model_dir: str | Path, run_id: str, tracking_uri: str, example: np.ndarray, top_k: int = 10, tags: dict | None = None) -> LoggedModel:
-    """Log a train-step folder as an MLflow model in run `run_id` (see the module doc).
+    """Log a model folder of the train step as an MLflow model in run `run_id` (see the module doc).
 
     Args:
         example: one query image (H, W, 3) uint8: the input example.
     """
     import mlflow
-    import mlflow.pytorch
 
-    from scenesearch.models.step import load_network, read_meta
+    from scenesearch import train
 
-    meta = {**read_meta(model_dir), "top_k": top_k}
+    record = train.read_record(model_dir)
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        # pickle, not pt2: the traced format fixes the batch size of the example
-        mlflow.pytorch.save_model(load_network(model_dir), tmp / "network", pip_requirements=pip_requirements(), serialization_format="pickle")
-        np.savez(tmp / "gallery.npz", **build_gallery(model_dir))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        folder = Path(tmp) / "model"
+        shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns(*NOT_SERVED))
+        (folder / "method.json").write_text(json.dumps({**record, "top_k": top_k}, indent=2))
+        np.savez(folder / "gallery.npz", **build_gallery(model_dir))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=SceneRetrievalModel(),
-                artifacts={"network": str(tmp / "network"), "gallery": str(tmp / "gallery.npz"), "meta": str(tmp / "meta.json")},
-                code_paths=[str(PACKAGE_DIR)],
+                artifacts={"model": str(folder)},
+                code_paths=_code_paths(record.get("plugins", [])),
                 signature=signature(top_k),
                 input_example=(example[None].astype(np.uint8), {"top_k": min(3, top_k)}),
                 pip_requirements=pip_requirements(),
                 tags={k: str(v) for k, v in (tags or {}).items()},
             )
     return LoggedModel(info.model_uri, info.model_id)
+
+
+def first_query_image(images_dir: str | Path) -> np.ndarray:
+    """One preprocessed query image as (H, W, 3) uint8 (the MLflow input example); a render if there is none."""
+    from scenesearch import storage
+    from scenesearch.domains import is_query
+    from scenesearch.preprocess import to_uint8
+
+    src = Path(images_dir)
+    index = storage.read_table(src / "index.parquet").to_pydict()
+    rows = [i for i, (d, f) in enumerate(zip(index["domain"], index["flip"])) if is_query(d) and not f] or [0]
+    x = np.asarray(storage.read_array(src / "images.npy", mmap=True)[rows[0]])
+    return to_uint8(x.transpose(1, 2, 0))
 
 
 def load(model_uri: str, tracking_uri: str | None = None):
