@@ -43,9 +43,11 @@ def smoke_run(tmp_path_factory, smoke_dataset):
 
 
 def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):
+    from scenesearch.tracking import ui_command
+
     tmp_path, out = smoke_run.cwd, smoke_run.stdout
     assert "[test queries]" in out and "vgg_baseline" in out and "random" in out
-    assert "Open the MLflow UI with: make ui" in out
+    assert f"Open the MLflow UI with: {ui_command(smoke_run.uri)}" in out and "--backend-store-uri " + smoke_run.uri in out  # the store it used
     assert (tmp_path / "runs" / "kfp").is_dir()
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
@@ -60,16 +62,20 @@ def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):
     for key in ("git_commit", "dataset_fingerprint", "seed", "weights_used", "features.weights", "render.n_views", "data.root"):
         assert key in params, key
     assert params["weights_used"] == "none"
-    assert {"vgg_baseline.test_mAP", "random.test_mAP", "cvae1.test_mAP", "kmeans_nmi", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
+    assert {"test_vgg_baseline_mAP", "test_random_mAP", "test_cvae1_mAP", "test_cvae1_photo_mAP", "kmeans_nmi", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
     children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert {r.data.tags.get("step") for r in children} >= {"ingest", "render", "preprocess", "features", "similarity", "train_cvae1", "retrieve", "evaluate", "register"}
-    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"pr_curve.png", "gallery.png", "per_class.csv", "rejected.parquet", "comparison.md"}
-    assert "cvae1" in out.split("[test queries]")[1]  # the CVAE's row in the printed comparison table
+    steps = {"ingest", "render", "preprocess", "features", "similarity", "train_cvae1", "train_vgg_baseline", "train_random", "retrieve", "evaluate", "register"}
+    assert {r.data.tags.get("step") for r in children} >= steps
+    assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"pr_curve.png", "gallery_cvae1.png", "gallery_vgg_baseline.png", "per_class.csv", "rejected.parquet", "comparison.md"}
+    table = out.split("[test queries]")[1]
+    assert "cvae1" in table and f"{parent.data.metrics['test_cvae1_mAP']:.3f}" in table  # the printed table is the logged result
 
     champion = c.get_model_version_by_alias("scenesearch-smoke", "champion")
-    assert champion.tags["dataset_fingerprint"] == params["dataset_fingerprint"]
-    assert float(champion.tags["test_mAP"]) == pytest.approx(parent.data.metrics["cvae1.test_mAP"], abs=1e-6)
-    assert params["registered.cvae1"] == f"scenesearch-smoke/{champion.version} (champion)"
+    key = champion.tags["key"]
+    assert champion.tags["dataset_fingerprint"] == params["dataset_fingerprint"] and champion.tags["method"] in ("cvae_m2", "vgg_baseline")
+    assert float(champion.tags["test_mAP"]) == pytest.approx(parent.data.metrics[f"test_{key}_mAP"], abs=1e-6)
+    assert params[f"registered.{key}"] == f"scenesearch-smoke/{champion.version} (champion)"
+    assert parent.data.metrics[f"test_{key}_mAP"] >= max(parent.data.metrics["test_cvae1_mAP"], parent.data.metrics["test_vgg_baseline_mAP"])
 
 
 def _query_images(dataset: Path) -> list[Path]:
@@ -160,3 +166,65 @@ def test_run_with_a_missing_root_fails_in_one_sentence(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == f"scenesearch run: dataset root {tmp_path / 'nope'} does not exist"
     assert "Traceback" not in p.stderr
+
+
+def _run_smoke(cwd: Path, dataset: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "scenesearch.cli", "run", "--data", str(dataset), "--workdir", str(cwd / "runs"), *extra]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_method_added_through_the_registry_alone_runs_through_the_dag_the_registry_and_query(tmp_path, smoke_dataset):
+    """A plugin module (tests/e2e/plugins/colour_histogram.py) and a preset naming it: no other edit."""
+    plugins = Path(__file__).parent / "plugins"
+    preset = tmp_path / "histogram.yaml"
+    smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
+    preset.write_text(smoke.split("methods:")[0] + "methods:\n  colour_histogram:\n    bins: 4\n  random: {}\nplugins: [colour_histogram]\n" + smoke.split("random: {}\n")[1])
+    env = {**os.environ, "PYTHONPATH": f"{plugins}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    p = _run_smoke(tmp_path, smoke_dataset, "--config", str(preset), env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "colour_histogram" in p.stdout.split("[test queries]")[1]
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("scenesearch-smoke")
+    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    assert 0.0 <= parent.data.metrics["test_colour_histogram_mAP"] <= 1.0
+    trained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_colour_histogram'"))
+    assert trained.data.metrics["n_clusters_seen"] == 4  # the k-means clusters reached the method (one per class)
+    champion = c.get_model_version_by_alias("scenesearch-smoke", "champion")
+    assert champion.tags["method"] == "colour_histogram" and champion.tags["variant"] == "-"
+
+    # `scenesearch query` answers from it in a process that has no PYTHONPATH to the plugin: the model carries its code
+    image = _query_images(smoke_dataset)[0]
+    q = subprocess.run(
+        [sys.executable, "-m", "scenesearch.cli", "query", "--config", str(preset), "--top-k", "3", "--json", str(image)],
+        cwd=tmp_path, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
+    )
+    assert q.returncode == 1 and "plugins: cannot import the method module 'colour_histogram'" in q.stderr  # the config's plugin must be importable ...
+    q = subprocess.run(
+        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--top-k", "3", "--json", str(image)],
+        cwd=tmp_path, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
+    )
+    assert q.returncode == 0, q.stderr[-2000:]  # ... but the served model needs no PYTHONPATH: it ships the plugin
+    answer = json.loads(q.stdout)[0]
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
+
+
+def test_zero_shot_split_trains_on_seen_classes_and_reports_unseen_metrics(tmp_path, smoke_dataset):
+    p = _run_smoke(tmp_path, smoke_dataset, "--preset", "smoke", "--set", "data.split=zero_shot", "--set", "data.unseen_classes=[street]")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "[test unseen queries]" in p.stdout and "[test seen queries]" in p.stdout
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("scenesearch-smoke")
+    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    for key in ("cvae1", "vgg_baseline", "random"):
+        assert 0.0 <= parent.data.metrics[f"test_{key}_unseen_mAP"] <= 1.0 and f"test_{key}_seen_mAP" in parent.data.metrics
+    # the CVAE's classifier knows only the seen classes: the unseen class's label never reached training
+    trained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_cvae1'"))
+    assert "street" not in trained.data.params["classes"].split(",") and len(trained.data.params["classes"].split(",")) == 3
+    report = next((tmp_path / "runs" / "kfp").glob("scenesearch-*/evaluate/report/metrics.json"))
+    metrics = json.loads(report.read_text())
+    assert metrics["cvae1"]["test_unseen_mAP"] == pytest.approx(parent.data.metrics["test_cvae1_unseen_mAP"])
+    assert not any(k.startswith("val_unseen") for k in metrics["cvae1"])  # unseen classes are all in the test split
+

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from scenesearch import features, preprocess, retrieval
+from scenesearch import features, methods, preprocess, retrieval, train
 from scenesearch.data import ingest
 from scenesearch.evaluation import step as evaluate
+from scenesearch.distances import min_view_cosine_distances
 from scenesearch.features.vgg import build_descriptor, extract
 from scenesearch.render import step as render
 
@@ -28,8 +29,10 @@ def chain(tmp_path_factory, smoke_dataset, smoke_cfg):
 
 def _metrics(chain, cfg, tag):
     features.run(str(chain / "p"), str(chain / f"f{tag}"), cfg.features, cfg.seed)
-    retrieval.run(str(chain / f"f{tag}"), str(chain / f"r{tag}"), cfg.retrieve.methods, cfg.seed)
-    evaluate.run(str(chain / f"r{tag}"), str(chain / "m"), str(chain / "v"), [], str(chain / f"e{tag}"), cfg.evaluate)
+    inputs = methods.Inputs(images=str(chain / "p"), features=str(chain / f"f{tag}"))
+    folders = [train.run(cfg, key, inputs, str(chain / f"t{tag}" / key), progress=False).out_dir for key in ("vgg_baseline", "random")]
+    retrieval.run(folders, str(chain / f"r{tag}"))
+    evaluate.run(str(chain / f"r{tag}"), str(chain / "m"), str(chain / "v"), str(chain / "p"), str(chain / f"e{tag}"), cfg.evaluate)
     return json.loads((chain / f"e{tag}" / "metrics.json").read_text())
 
 
@@ -54,5 +57,5 @@ def test_a_render_and_its_flip_retrieve_their_own_scene(chain, smoke_cfg):
         mirror = own + 1  # preprocess writes each image's flip right after it
         assert flips[mirror] and ids[mirror] == sid
         query = torch.from_numpy(desc[[own, mirror]])
-        top = retrieval.min_view_cosine_distances(query, stacked).argmin(dim=1)
+        top = min_view_cosine_distances(query, stacked).argmin(dim=1)
         assert [scene_ids[i] for i in top] == [sid, sid]

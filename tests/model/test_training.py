@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from scenesearch.models import step
+from scenesearch import methods, storage, train
+from scenesearch.methods import cvae_m2
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ EPOCHS = 8
 def _train_cmd(images, out):
     return [
         sys.executable, "-m", "scenesearch.cli", "train", "--preset", "smoke", "--images", str(images), "--out", str(out),
-        "--set", f"train.epochs={EPOCHS}", "--set", "train.patience=100", "--arch", "cvae1",
+        "--set", f"train.epochs={EPOCHS}", "--set", "train.patience=100", "--method", "cvae_m2", "--variant", "cvae1",
     ]
 
 
@@ -64,38 +65,45 @@ def test_sigkill_then_rerun_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
 
 
+def _with(cfg, train_cfg=None, **cvae):
+    """`cfg` with other train settings and cvae_m2 fields."""
+    sec = {**cfg.methods["cvae_m2"], **cvae}
+    return dataclasses.replace(cfg, train=train_cfg or cfg.train, methods={**cfg.methods, "cvae_m2": sec})
+
+
+def _fit(cfg, images, out):
+    return train.run(cfg, "cvae1", methods.Inputs(images=str(images)), str(out), progress=False)
+
+
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path, smoke_preprocessed, smoke_cfg):
-    cfg = dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1))
-    first = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
-    assert first.train.resumed_from == 0
-    again = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
-    assert again.train.resumed_from == 1 and again.train.epochs_run == 1  # nothing left to do
-    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, beta=1.0))
-    fresh = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", other, progress=False)
-    assert fresh.train.resumed_from == 0
+    cfg = _with(smoke_cfg, dataclasses.replace(smoke_cfg.train, epochs=1))
+    images = smoke_preprocessed["images"]
+    assert _fit(cfg, images, tmp_path / "m").metrics["resumed_from_epoch"] == 0
+    again = _fit(cfg, images, tmp_path / "m")
+    assert again.metrics["resumed_from_epoch"] == 1 and again.metrics["epochs_run"] == 1  # nothing left to do
+    assert _fit(_with(cfg, beta=1.0), images, tmp_path / "m").metrics["resumed_from_epoch"] == 0
 
 
 def test_early_stopping_and_the_unlabelled_objective(tmp_path, smoke_preprocessed, smoke_cfg):
-    cfg = dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=30, patience=1, unlabelled=True, lr=1e-2))
-    r = step.run(str(smoke_preprocessed["images"]), str(tmp_path / "m"), "cvae1", cfg, progress=False)
-    assert r.n_unlabelled > 0
-    assert r.train.stopped_early and r.train.epochs_run < 30 and r.train.epochs_run == r.train.best_epoch + 1
-    assert "train_unlabelled_loss" in r.train.history[0]
-    # the kept weights are those of the best epoch: encoding again gives the saved encodings
-    net = step.load_network(tmp_path / "m")
+    cfg = _with(smoke_cfg, dataclasses.replace(smoke_cfg.train, epochs=30, patience=1, lr=1e-2), unlabelled=True)
+    r = _fit(cfg, smoke_preprocessed["images"], tmp_path / "m")
+    assert r.metrics["n_unlabelled_images"] > 0
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert r.metrics["epochs_run"] < 30 and r.metrics["epochs_run"] == r.metrics["best_epoch"] + 1  # stopped early
+    assert "train_unlabelled_loss" in history[0]
+    # the kept weights are those of the best epoch: encoding again gives the saved embeddings
+    record = train.read_record(tmp_path / "m")
+    net = cvae_m2.load_network(tmp_path / "m", record["meta"])
     import numpy as np
 
-    from scenesearch import storage
-
     images = storage.read_array(smoke_preprocessed["images"] / "images.npy")
-    np.testing.assert_allclose(step.encode_all(net, images[:8]), storage.read_array(tmp_path / "m" / "encodings.npy")[:8], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cvae_m2.encode_all(net, images[:8]), storage.read_array(tmp_path / "m" / "embeddings.npy")[:8], rtol=1e-5, atol=1e-5)
 
 
 def test_test_labels_never_reach_the_training_set(smoke_preprocessed):
-    data, classes = step.load_training_data(str(smoke_preprocessed["images"]), unlabelled=True)
-    from scenesearch import storage
-
     index = storage.read_table(smoke_preprocessed["images"] / "index.parquet").to_pydict()
+    images = storage.read_array(smoke_preprocessed["images"] / "images.npy", mmap=True)
+    data, classes = cvae_m2.training_data(images, index, unlabelled=True)
     n_train = sum(1 for s, f in zip(index["split"], index["flip"]) if s == "train" and not f)
     assert int((data.labels >= 0).sum()) == n_train
     assert data.images.dtype == torch.uint8 and len(classes) == 4

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from scenesearch.errors import DataError
-from scenesearch.retrieval import arrange, min_view_cosine_distances
+from scenesearch.distances import min_view_cosine_distances
+from scenesearch.gallery import arrange
 
 
 def test_matches_a_direct_loop_and_is_chunk_invariant():
@@ -19,12 +20,13 @@ def test_arrange_groups_views_per_scene():
         "item_id": ["s1", "s1", "s2", "s2", "q1", "q1"],
         "label": ["a", "a", "b", "b", "a", "a"],
         "split": ["train"] * 4 + ["test"] * 2,
-        "domain": ["scene"] * 4 + ["query"] * 2,
+        "domain": ["scene"] * 4 + ["photo"] * 2,
         "flip": [False, True, False, True, False, True],
     }
     feats = np.arange(12, dtype=np.float32).reshape(6, 2)
     r = arrange(feats, index)
     assert r.scene_feats.shape == (2, 2, 2) and r.query_feats.shape == (1, 2)  # the query's flip is not a query
     assert r.scenes["item_id"] == ["s1", "s2"] and r.queries["label"] == ["a"]
+    assert r.queries["domain"] == ["photo"] and r.queries["class_split"] == ["seen"]  # absent column: every class seen
     with pytest.raises(DataError, match="retrieval needs queries and scenes"):
         arrange(feats[:4], {k: v[:4] for k, v in index.items()})

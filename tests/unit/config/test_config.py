@@ -18,7 +18,8 @@ def test_presets_load_and_validate(preset):
         ("features.device=tpu", "features.device must be one of auto, cpu, cuda; got 'tpu'"),
         ("render.size=abc", "render.size must be an integer, got 'abc'"),
         ("render.foo=1", "unknown config field render.foo"),
-        ("retrieve.methods=[nope]", "retrieve.methods must be one of random, vgg_baseline; got 'nope'"),
+        ("train.architectures=[cvae1]", "unknown config field train.architectures"),
+        ("methods=[cvae1]", "methods must be a mapping"),
         ("data.split_fractions=[0.5, 0.5, 0.5]", "data.split_fractions must be three non-negative numbers summing to 1"),
         ("render.render_size=100", "render.render_size must be a multiple of render.size"),
         ("seed=-3", "seed must be >= 0, got -3"),
@@ -44,4 +45,4 @@ def test_unknown_preset_lists_known():
 def test_flat_has_dotted_scalars():
     flat = config.load("default").flat()
     assert flat["features.weights"] == "none"
-    assert flat["retrieve.methods"] == "vgg_baseline,random"
+    assert flat["methods.cvae_m2.variants"] == "cvae1"

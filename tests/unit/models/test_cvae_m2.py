@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scenesearch.errors import ConfigError
 from scenesearch.models import ARCHITECTURES, build_model
 from scenesearch.models.cvae_m2 import gaussian_cross_entropy, gaussian_nll, kl_to_standard_normal
-from scenesearch.retrieval import cvae_scene_distances
+from scenesearch.methods.cvae_m2 import cvae_scene_distances
 
 
 def _normal(mu, logvar):

@@ -1,0 +1,153 @@
+"""The method registry and one conformance suite run over every registered method (sklearn's
+check_estimator idea): fit on the smoke data, embeddings for every row, scores of the right
+shape, and a reloaded method embeds a query image exactly as the pipeline did."""
+
+import dataclasses
+import json
+import textwrap
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from scenesearch import features, methods, retrieval, storage, train
+from scenesearch.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def smoke_features(tmp_path_factory, smoke_preprocessed, smoke_cfg):
+    out = tmp_path_factory.mktemp("features")
+    features.run(str(smoke_preprocessed["images"]), str(out), smoke_cfg.features, smoke_cfg.seed)
+    return out
+
+
+def _cfg(smoke_cfg, **method_sections):
+    return dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1), methods=method_sections or smoke_cfg.methods)
+
+
+def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
+    assert {"vgg_baseline", "random", "cvae_m2"} <= set(methods.names())
+    with pytest.raises(ConfigError, match=r"unknown method 'nope'; known methods: .*cvae_m2.*vgg_baseline"):
+        methods.get("nope")
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"nope": {}}, "unknown method 'nope'; known methods:"),
+        ({"cvae_m2": {"variants": ["cvae9"]}}, "methods.cvae_m2.variants must be among cvae1"),
+        ({"cvae_m2": {"beta": "x"}}, "methods.cvae_m2.beta must be a number, got 'x'"),
+        ({"cvae_m2": {"lr": 1}}, "unknown config field methods.cvae_m2.lr"),
+        ({"vgg_baseline": {"gpu": 1}}, "methods.vgg_baseline.gpu must be true or false"),
+        ({}, "methods must configure at least one method"),
+    ],
+)
+def test_bad_method_sections_name_the_field(smoke_cfg, sections, message):
+    cfg = dataclasses.replace(smoke_cfg, methods=sections)
+    with pytest.raises(ConfigError) as e:
+        methods.check(cfg)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_entries_one_per_variant_with_unique_keys(smoke_cfg):
+    cfg = dataclasses.replace(smoke_cfg, methods={"cvae_m2": {"variants": ["cvae1", "cvae2"], "gpu": True}, "random": {}})
+    assert [(e.key, e.method, e.variant, e.gpu, e.trains) for e in methods.entries(cfg)] == [
+        ("cvae1", "cvae_m2", "cvae1", True, True), ("cvae2", "cvae_m2", "cvae2", True, True), ("random", "random", "", False, False)]
+    with pytest.raises(ConfigError, match="'cvae3' is not a configured method or variant; configured: cvae1, cvae2, random"):
+        methods.entry(cfg, "cvae3")
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg):
+    cfg = dataclasses.replace(smoke_cfg, plugins=("no_such_plugin_module",))
+    with pytest.raises(ConfigError, match="plugins: cannot import the method module 'no_such_plugin_module'"):
+        methods.check(cfg)
+
+
+@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random"])
+def test_every_registered_method_fits_scores_and_reloads(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, key):
+    cfg = _cfg(smoke_cfg)
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
+    result = train.run(cfg, key, inputs, str(tmp_path / key), progress=False)
+    index = storage.read_table(tmp_path / key / "index.parquet").to_pydict()
+    emb = storage.read_array(tmp_path / key / "embeddings.npy")
+    assert len(emb) == len(index["item_id"]) and emb.dtype == np.float32 and np.isfinite(emb).all()
+    record, arranged, d = retrieval.score_folder(tmp_path / key)
+    assert record["key"] == key and record["method"] == result.entry.method
+    assert d.shape == (len(arranged.query_feats), len(arranged.scene_feats)) and np.isfinite(d).all()
+    _, d_again = retrieval.score_folder(tmp_path / key)[1:]
+    np.testing.assert_array_equal(d, d_again)  # deterministic
+    if not result.entry.serves:
+        return
+    # reloaded, the method embeds the preprocessed query images as the pipeline did
+    _, retriever = train.load(tmp_path / key)
+    images = storage.read_array(smoke_preprocessed["images"] / "images.npy")
+    rows = [i for i, (dom, f) in enumerate(zip(index["domain"], index["flip"])) if dom == "photo" and not f][:4]
+    again = retriever.embed(torch.from_numpy(images[rows])).numpy()
+    np.testing.assert_allclose(again, emb[rows], rtol=1e-4, atol=1e-4)
+
+
+def test_unseen_labels_never_reach_a_method(tmp_path, smoke_cfg, smoke_preprocessed, monkeypatch):
+    """A spy method records every label its fit can see; a zero-shot index hides the unseen class."""
+    src = smoke_preprocessed["images"]
+    zs = tmp_path / "images"
+    zs.mkdir()
+    (zs / "images.npy").symlink_to(src / "images.npy")
+    table = storage.read_table(src / "index.parquet")
+    unseen = np.asarray(table["label"].to_pylist()) == "street"
+    table = table.set_column(table.column_names.index("class_split"), "class_split", pa.array(np.where(unseen, "unseen", "seen")))
+    storage.write_table(zs / "index.parquet", table)
+    (tmp_path / "spy_method.py").write_text(textwrap.dedent('''
+        import json
+        from dataclasses import dataclass
+        import numpy as np
+        from scenesearch.methods import Fitted, Method, MethodConfig
+
+        @dataclass(frozen=True)
+        class SpyConfig(MethodConfig):
+            pass
+
+        def fit(ctx):
+            (ctx.out_dir / "seen_labels.json").write_text(json.dumps(sorted(set(ctx.index["label"].to_pylist()))))
+            return Fitted(np.zeros((ctx.index.num_rows, 1), np.float32), {})
+
+        METHOD = Method("spy", "records the labels it sees", SpyConfig, ("images",), fit, lambda folder, meta: None, serves=False)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = dataclasses.replace(smoke_cfg, methods={"spy": {}}, plugins=("spy_method",))
+    train.run(cfg, "spy", methods.Inputs(images=str(zs)), str(tmp_path / "spy"), progress=False)
+    seen = json.loads((tmp_path / "spy" / "seen_labels.json").read_text())
+    assert "street" not in seen and {"bedroom", "kitchen", "office"} <= set(seen)
+    # the model folder's index keeps the true labels: evaluation needs them, training never saw them
+    assert "street" in storage.read_table(tmp_path / "spy" / "index.parquet")["label"].to_pylist()
+
+
+def test_a_method_whose_embeddings_miss_rows_is_refused(tmp_path, smoke_cfg, smoke_preprocessed, monkeypatch):
+    (tmp_path / "short_method.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        import numpy as np
+        from scenesearch.methods import Fitted, Method, MethodConfig
+
+        @dataclass(frozen=True)
+        class C(MethodConfig):
+            pass
+
+        METHOD = Method("short", "embeds too few rows", C, ("images",), lambda ctx: Fitted(np.zeros((3, 2), np.float32), {}), lambda f, m: None)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = dataclasses.replace(smoke_cfg, methods={"short": {}}, plugins=("short_method",))
+    with pytest.raises(DataError, match=r"method short embedded \(3, 2\) for \d+ index rows"):
+        train.run(cfg, "short", methods.Inputs(images=str(smoke_preprocessed["images"])), str(tmp_path / "m"), progress=False)
+
+
+def test_retrieve_refuses_folders_of_other_datasets(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features):
+    cfg = _cfg(smoke_cfg)
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
+    a = train.run(cfg, "random", inputs, str(tmp_path / "a"), progress=False).out_dir
+    b = train.run(cfg, "vgg_baseline", inputs, str(tmp_path / "b"), progress=False).out_dir
+    index = storage.read_table(tmp_path / "b" / "index.parquet")
+    keep = [i for i, dom in enumerate(index["domain"].to_pylist()) if dom == "scene" or i % 4]
+    storage.write_table(tmp_path / "b" / "index.parquet", index.take(keep))
+    storage.write_array(tmp_path / "b" / "embeddings.npy", storage.read_array(tmp_path / "b" / "embeddings.npy")[keep])
+    with pytest.raises(DataError, match="the vgg_baseline model embedded other queries or scenes than random"):
+        retrieval.run([a, b], str(tmp_path / "r"))
