@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 import _machine  # noqa: E402
 from scenesearch.models.cvae_m2 import gaussian_cross_entropy  # noqa: E402
-from scenesearch.retrieval import cvae_scene_distances  # noqa: E402
+from scenesearch.methods.cvae_m2 import cvae_scene_distances  # noqa: E402
 
 ALPHA = 64 * 64 * 3
 DEFAULT_MAX_ELEMENTS = inspect.signature(cvae_scene_distances).parameters["max_elements"].default

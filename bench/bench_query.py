@@ -5,8 +5,8 @@ Run: .venv/bin/python bench/bench_query.py [--epochs 2] [--calls 50] [--batch 32
 
 Setup (its seconds are printed, it is not a figure): the smoke preset's dataset
 (`scenesearch.data.generate.generate`), ingest, render and preprocess (32x32, the preset's
-size), cvae1 trained for --epochs epochs with `scenesearch.models.step.run`, logged with
-`scenesearch.models.serving.log_model` into a temporary SQLite MLflow store (artifacts beside it)
+size), cvae1 trained for --epochs epochs with `scenesearch.train.run`, logged with
+`scenesearch.serving.log_model` into a temporary SQLite MLflow store (artifacts beside it)
 and registered as a version of `scenesearch-smoke` with the alias champion
 (`scenesearch.registry.register`), the model `scenesearch query --preset smoke` asks for.
 The gallery is the smoke preset's 16 scenes x 13 views; the query is a query photo of the
@@ -14,7 +14,7 @@ dataset (a PNG file), decoded to uint8 once.
 
 Figures:
 - cold: a fresh Python process (`python -c pass` timed on its own) imports
-  `scenesearch.models.serving` (MLflow), then torch, then calls
+  `scenesearch.serving` (MLflow), then torch, then calls
   `serving.load("models:/scenesearch-smoke@champion", uri)`, imports `scenesearch.preprocess`
   (torchvision, which the first predict would import), predicts once, loads again (warm) and
   predicts again, prints the time and exits (interpreter shutdown: from that last line to the
@@ -88,7 +88,7 @@ def build_model(work: Path, epochs: int) -> dict:
     from scenesearch import config, preprocess, registry, tracking
     from scenesearch.data import ingest
     from scenesearch.data.generate import generate
-    from scenesearch.models import serving, step
+    from scenesearch import methods, serving, train
     from scenesearch.render import step as render
 
     uri = f"sqlite:///{work / 'mlruns.db'}"
@@ -104,19 +104,19 @@ def build_model(work: Path, epochs: int) -> dict:
     seconds["data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = step.run(str(dirs["images"]), str(dirs["model"]), "cvae1", cfg, progress=False)
+    result = train.run(cfg, "cvae1", methods.Inputs(images=str(dirs["images"])), str(dirs["model"]), progress=False)
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     client = tracking.client(uri)
     run = client.create_run(tracking.ensure_experiment(client, "bench-query", uri), run_name="bench_query")
-    tags = {"method": "cvae_m2", "architecture": "cvae1"}
-    logged = serving.log_model(dirs["model"], run.info.run_id, uri, step.first_query_image(str(dirs["images"])), cfg.registry.top_k, tags)
+    tags = registry.version_tags(train.read_record(dirs["model"]), {}, "bench")
+    logged = serving.log_model(dirs["model"], run.info.run_id, uri, serving.first_query_image(str(dirs["images"])), cfg.registry.top_k, tags)
     client.set_terminated(run.info.run_id)
-    reg = registry.register(client, cfg.registry.name, logged.model_uri, "val_metric", result.train.best_metric, "bench", tags)
+    reg = registry.register(client, cfg.registry.name, logged.model_uri, "val_metric", result.metrics["best_val_metric"], "bench", tags)
     seconds["log"] = time.perf_counter() - t0
     queries = sorted((dataset / "queries").glob("*/*.png"))
-    return {"uri": uri, "queries": queries, "seconds": seconds, "epochs": result.train.epochs_run, "version": reg.version, "alias": reg.alias}
+    return {"uri": uri, "queries": queries, "seconds": seconds, "epochs": result.metrics["epochs_run"], "version": reg.version, "alias": reg.alias}
 
 
 # ------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def build_model(work: Path, epochs: int) -> dict:
 def cold_child(uri: str, image_path: str) -> None:
     """In a fresh process: the import, load and predict times, as one JSON line."""
     t0 = time.perf_counter()
-    from scenesearch.models import serving
+    from scenesearch import serving
 
     t1 = time.perf_counter()
     import torch  # noqa: F401
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         med = {k: statistics.median(c[k] for c in cold) for k in cold[0]}
         print(f"\ncold process (median of {args.cold_runs} fresh processes; model files in the OS page cache):")
         print(f"  python start (python -c pass)             {ms(statistics.median(start_times))}")
-        print(f"  import scenesearch.models.serving (MLflow) {ms(med['import_serving'])}")
+        print(f"  import scenesearch.serving (MLflow)        {ms(med['import_serving'])}")
         print(f"  import torch                               {ms(med['import_torch'])}")
         print(f"  serving.load({MODEL_URI}), cold {ms(med['load'])}")
         print(f"  import scenesearch.preprocess (torchvision) {ms(med['import_preprocess'])}")
@@ -215,31 +215,31 @@ def main(argv: list[str] | None = None) -> None:
 
         # warm: this process
         from scenesearch.io import decode_image
-        from scenesearch.models import serving
-        from scenesearch.models.step import split_encodings
+        from scenesearch import serving
+        from scenesearch.methods.cvae_m2 import cvae_scene_distances, split_encodings
         from scenesearch.preprocess import preprocess_images
-        from scenesearch.retrieval import cvae_scene_distances
 
         model = serving.load(MODEL_URI, uri)
         py = model.unwrap_python_model()
         image = decode_image(image_path, Path(image_path).read_bytes())[None]  # (1, H, W, 3) uint8
         params = {"top_k": TOP_K}
         n_scenes, n_views = py.gallery.shape[:2]
-        print(f"\npredict, warm model in this process: query {image.shape[2]}x{image.shape[1]} PNG (decoded once), top_k {TOP_K}, gallery {n_scenes} scenes x {n_views} views, network {py.meta['architecture']} at {py.meta['image_size']}x{py.meta['image_size']}")
+        net, size = py.retriever.network, py.retriever.image_size
+        print(f"\npredict, warm model in this process: query {image.shape[2]}x{image.shape[1]} PNG (decoded once), top_k {TOP_K}, gallery {n_scenes} scenes x {n_views} views, network {net.architecture} at {size}x{size}")
         one = timed(lambda: model.predict(image, params=params), args.calls)
         med1, p90 = quantiles(one)
         print(f"  one image, pyfunc predict: median {ms(med1)}, p90 {ms(p90)} ({args.calls} calls)")
 
-        latent, alpha, size = py.meta["latent"], py.meta["alpha"], py.meta["image_size"]
+        latent, alpha = py.retriever.latent, py.retriever.alpha
         x = preprocess_images(list(image), size, flips=False)
         with torch.inference_mode():
-            q = split_encodings(py.network(x).float(), latent)
+            q = split_encodings(net(x).float(), latent)
             g = split_encodings(py.gallery, latent)
             d = cvae_scene_distances(*q, *g, alpha=alpha)
 
         def network():
             with torch.inference_mode():
-                py.network(x)
+                net(x)
 
         def distances():
             with torch.inference_mode():

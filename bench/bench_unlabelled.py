@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scenesearch import config, storage
+from scenesearch import config
 from scenesearch.evaluation import retrieval_metrics
-from scenesearch.models import step
+from scenesearch import methods, retrieval, train
 
 
 def build(tmp: Path, cfg) -> Path:
@@ -31,9 +31,8 @@ def build(tmp: Path, cfg) -> Path:
     return tmp / "images"
 
 
-def test_map(model_dir: Path, cfg, latent: int) -> dict[str, float]:
-    enc = storage.read_array(model_dir / "encodings.npy")
-    inputs, d = step.model_distances(enc, storage.read_table(model_dir / "index.parquet").to_pydict(), latent, cfg.retrieve.alpha)
+def test_map(model_dir: Path, cfg) -> dict[str, float]:
+    _, inputs, d = retrieval.score_folder(model_dir)
     split = np.asarray(inputs.queries["split"])
     out = {}
     for s in ("val", "test"):
@@ -52,12 +51,12 @@ def main() -> None:
         images = Path(args.images) if args.images else build(Path(tmp), cfg)
         print(f"cvae1, default preset, at most {args.epochs} epochs, early stopping on val mAP (patience {cfg.train.patience})")
         for unlabelled in (False, True):
-            c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, unlabelled=unlabelled))
+            c = dataclasses.replace(cfg, methods={**cfg.methods, "cvae_m2": {**cfg.methods["cvae_m2"], "unlabelled": unlabelled}})
             t0 = time.perf_counter()
-            r = step.run(str(images), str(Path(tmp) / f"m{int(unlabelled)}"), "cvae1", c, progress=False)
-            m = test_map(Path(tmp) / f"m{int(unlabelled)}", c, 16)
+            r = train.run(c, "cvae1", methods.Inputs(images=str(images)), str(Path(tmp) / f"m{int(unlabelled)}"), progress=False).metrics
+            m = test_map(Path(tmp) / f"m{int(unlabelled)}", c)
             print(
-                f"unlabelled={str(unlabelled):5s}  extra images {r.n_unlabelled:4d}  epochs {r.train.epochs_run:2d} (best {r.train.best_epoch:2d})  "
+                f"unlabelled={str(unlabelled):5s}  extra images {r['n_unlabelled_images']:4d}  epochs {r['epochs_run']:2d} (best {r['best_epoch']:2d})  "
                 f"val mAP {m['val_mAP']:.3f}  test mAP {m['test_mAP']:.3f}  {time.perf_counter() - t0:.0f} s"
             )
 

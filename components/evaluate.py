@@ -24,10 +24,12 @@ def evaluate(
         cfg = config.from_json(config_json)
         with tracking.step_run(cfg, parent_run_id, "evaluate") as run:
             result = step.run(rankings.path, manifest.path, views.path, images.path, report.path, cfg.evaluate)
+            fingerprint, data_root = run.parent_param("dataset_fingerprint"), run.parent_param("data_root")
             for key, values in result.metrics.items():
                 child = run.child(f"method: {key}", {"method_key": key})
                 child.log_params({"method_key": key})
                 child.log_metrics(values)
+                tracking.log_dataset(run.client, child.run_id, tracking.dataset_name(data_root), fingerprint, data_root, "evaluation")
                 child.finish()
             run.log_metrics({"n_rejected_total": result.n_rejected})
             run.log_metrics(result.flat_metrics(), parent=True)

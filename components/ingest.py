@@ -20,6 +20,8 @@ def ingest(config_json: str, parent_run_id: str, data_root: str, manifest: Outpu
             run.log_metrics(result.metrics())
             run.log_metrics(result.metrics(), parent=True)
             run.log_params({"dataset_fingerprint": result.fingerprint, "data_root": data_root}, parent=True)
+            for rid in (run.run_id, run.parent_id):  # the runs table's Dataset column
+                tracking.log_dataset(run.client, rid, tracking.dataset_name(data_root), result.fingerprint, data_root, "ingest", result.metrics())
             run.log_artifacts([os.path.join(manifest.path, "rejected.parquet")])
     manifest.metadata.update({**result.metrics(), "fingerprint": result.fingerprint})
     return result.fingerprint

@@ -45,11 +45,11 @@ def train(
             task_run.log_params({"method": entry.method, "variant": entry.variant or "-", **result.params})
             task_run.log_metrics(result.metrics)
             task_run.log_artifacts([os.path.join(model.path, "history.json"), os.path.join(model.path, "method.json")])
-            uri = ""
-            if entry.serves:
+            record = {"key": key, "model_uri": "", "model_id": "", "run_id": task_run.run_id}
+            if entry.serves:  # logged into this run, so the runs table's Models column shows it here
                 tags = {"method": entry.method, "variant": entry.variant or "-", "key": key, "git_commit": task_run.parent_tag("git_commit")}
                 logged = serving.log_model(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), serving.first_query_image(images.path), cfg.registry.top_k, tags)
-                record = {"key": key, "model_uri": logged.model_uri, "model_id": logged.model_id, "run_id": task_run.run_id}
-                storage.write_bytes(os.path.join(model.path, "mlflow.json"), json.dumps(record).encode())
-                uri = logged.model_uri
+                record.update(model_uri=logged.model_uri, model_id=logged.model_id)
+            storage.write_bytes(os.path.join(model.path, "mlflow.json"), json.dumps(record).encode())
+            uri = record["model_uri"]
     model.metadata.update({**result.metrics, "key": key, "method": entry.method, "variant": entry.variant, "model_uri": uri})

@@ -191,7 +191,10 @@ def cmd_run(args) -> dict:
     print(format_report(run.metrics, cfg.evaluate.splits, cfg.evaluate.k))
     print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
     print(f"KFP pipeline root: {run.pipeline_root}  (report: {run.report_dir})")
-    print(f"Open the MLflow UI with: {tracking.ui_command(run.tracking_uri)}")
+    command = tracking.ui_command(run.tracking_uri)
+    base = run.tracking_uri if command.startswith("open ") else "http://127.0.0.1:5000"
+    print(f"Open the MLflow UI with: {command}")
+    print(f"  then the runs of this experiment: {tracking.runs_page_url(base, run.experiment_id)}")
     return {"run_id": run.run_id, "metrics": run.metrics, "step_seconds": run.step_seconds}
 
 

@@ -143,7 +143,7 @@ def version_tags(record: dict, metrics: dict[str, float], commit: str) -> dict[s
 def run(model_dirs: list[str], report_dir: str, fingerprint: str, tracking_uri: str, name: str, metric: str, commit: str) -> list[Registered]:
     """The register step: every served model in `model_dirs` (each with mlflow.json, written when the
     train step logged it) becomes a version of `name`, tagged with its metrics from the evaluate report.
-    Folders without mlflow.json are methods that cannot answer a query image: skipped.
+    Folders whose mlflow.json has no model URI are methods that cannot answer a query image: skipped.
 
     Raises:
         DataError: the report lacks the metric of a model.
@@ -157,9 +157,9 @@ def run(model_dirs: list[str], report_dir: str, fingerprint: str, tracking_uri: 
     mlflow.set_tracking_uri(tracking_uri)  # mlflow.register_model resolves models:/ URIs through it
     out = []
     for d in model_dirs:
-        if not storage.exists(Path(d) / "mlflow.json"):
+        logged = json.loads(storage.read_bytes(Path(d) / "mlflow.json")) if storage.exists(Path(d) / "mlflow.json") else {}
+        if not logged.get("model_uri"):
             continue
-        logged = json.loads(storage.read_bytes(Path(d) / "mlflow.json"))
         record = train.read_record(d)
         values = report.get(record["key"])
         if values is None or metric not in values:

@@ -165,6 +165,29 @@ def link_model(c, run_id: str, model_id: str, step: int = 0) -> None:
     c.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
 
 
+def dataset_name(data_root: str) -> str:
+    """The name a dataset goes by in MLflow: the last part of its root (``embedded`` for data/embedded)."""
+    return str(data_root).rstrip("/").rpartition("/")[2] or str(data_root)
+
+
+def link_run_outputs(c, parent_id: str, model_dirs: list[str], fingerprint: str) -> None:
+    """After training: every method's run gets the dataset as its input, and the parent run lists
+    every logged model among its outputs (each stays logged in its own train run)."""
+    import json
+
+    from scenesearch import storage
+
+    data_root = c.get_run(parent_id).data.params.get("data_root", "unknown")
+    for d in model_dirs:
+        path = Path(d) / "mlflow.json"
+        if not storage.exists(path):
+            continue
+        record = json.loads(storage.read_bytes(path))
+        log_dataset(c, record["run_id"], dataset_name(data_root), fingerprint, data_root, "training")
+        if record.get("model_id"):
+            link_model(c, parent_id, record["model_id"])
+
+
 def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
@@ -247,6 +270,9 @@ class StepRun:
 
     def parent_tag(self, key: str, default: str = "unknown") -> str:
         return self.client.get_run(self.parent_id).data.tags.get(key, default)
+
+    def parent_param(self, key: str, default: str = "unknown") -> str:
+        return self.client.get_run(self.parent_id).data.params.get(key, default)
 
     def log_artifacts(self, paths: list[str], parent: bool = False, artifact_path: str | None = None) -> None:
         for p in paths:

@@ -1,21 +1,28 @@
 """Screenshots of the MLflow UI on a store: the experiment's runs table and its latest parent run.
 
 Starts `mlflow ui` (job execution off, one worker) on a free loopback port against the store,
-waits for /health, and has headless Chromium render two pages into PNGs:
+waits for /health, and has headless Chromium render three pages into PNGs:
 
-    runs.png        #/experiments/<id>/runs?workflowType=machine_learning (Dataset and Models columns)
-    parent_run.png  #/experiments/<id>/runs/<parent run id>?workflowType=machine_learning
+    runs.png            #/experiments/<id>/runs: the table as the runs link opens it (child runs
+                        folded under their parent; the Dataset column)
+    runs_by_METRIC.png  the same table sorted by METRIC (--metric, default test_mAP), which lists
+                        child runs flat: the Models column shows a model on the run that logged it
+    parent_run.png      #/experiments/<id>/runs/<parent run id>: datasets, child runs, logged models
 
-The server is stopped afterwards. With --demo, a small store is built first (a parent run, a
-few child runs with metrics, a dataset input and a linked model) under OUT/demo/, so the check
-needs no pipeline run.
+Every address carries workflowType=machine_learning (see scenesearch.tracking.WORKFLOW_TYPE_ML).
+Each page gets a fresh browser profile in which the MLflow Assistant side panel, which the UI
+opens by itself on a first visit from localhost, is already closed, as a user would close it.
+The server is stopped afterwards. With --demo, a small store is built first (a parent run, a few
+child runs with metrics, a dataset input and a linked model) under OUT/demo/, so the check needs
+no pipeline run.
 
-Usage: python infra/tools/ui_screenshot.py [--store URI] [--experiment NAME] [--out DIR] [--demo]
+Usage: python infra/tools/ui_screenshot.py [--store URI] [--experiment NAME] [--metric KEY] [--out DIR] [--demo]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import shutil
 import signal
@@ -23,7 +30,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -31,6 +40,14 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 SERVER_WAIT_S = 90
 SHOT_TIMEOUT_S = 120
+WINDOW = "1600,1000"
+# localStorage of the UI's origin before its first visit (keys as its bundle writes them:
+# `${key}_v${version}`, JSON values): the Assistant panel closed and not auto-opened again.
+SEED_PAGE = b"""<!doctype html><script>
+localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
+document.write("seeded");
+</script>"""
 
 
 class CheckError(Exception):
@@ -147,14 +164,45 @@ def stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
-def screenshot(chromium: str, url: str, png: Path) -> None:
-    """Render `url` in headless Chromium (a fresh profile, so no remembered UI state) into `png`."""
+def chromium_args(chromium: str, profile: Path) -> list[str]:
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}"]
+
+
+def seed_profile(chromium: str, profile: Path, port: int) -> None:
+    """Write SEED_PAGE's localStorage into `profile` for http://127.0.0.1:`port` (before the UI takes the port)."""
+
+    class Seed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Cache-Control", "no-store")  # else the browser would show it in place of the UI
+            self.end_headers()
+            self.wfile.write(SEED_PAGE)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Seed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cmd = chromium_args(chromium, profile) + ["--virtual-time-budget=2000", "--dump-dom", f"http://127.0.0.1:{port}/seed"]
+        dom = subprocess.run(cmd, capture_output=True, text=True, timeout=SHOT_TIMEOUT_S).stdout
+    except subprocess.TimeoutExpired:
+        dom = ""
+    finally:
+        server.shutdown()
+        server.server_close()
+    if "seeded" not in dom:
+        raise CheckError("chromium could not prepare its profile (it rendered no page from 127.0.0.1)")
+
+
+def screenshot(chromium: str, seeded: Path, url: str, png: Path) -> None:
+    """Render `url` in headless Chromium, in a copy of the `seeded` profile, into `png`."""
     png.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
-            "--window-size=1600,1000", "--virtual-time-budget=15000", f"--screenshot={png}", url,
-        ]
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = Path(tmp) / "profile"
+        shutil.copytree(seeded, profile, symlinks=True, ignore=shutil.ignore_patterns("Singleton*"))
+        cmd = chromium_args(chromium, profile) + [f"--window-size={WINDOW}", "--virtual-time-budget=15000", f"--screenshot={png}", url]
         try:
             subprocess.run(cmd, capture_output=True, timeout=SHOT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -163,7 +211,7 @@ def screenshot(chromium: str, url: str, png: Path) -> None:
         raise CheckError(f"chromium wrote no screenshot of {url}")
 
 
-def take(store: str, experiment: str, out: Path) -> list[Path]:
+def take(store: str, experiment: str, metric: str, out: Path) -> list[Path]:
     """Screenshots of `experiment`'s runs table and latest parent run on `store`, into `out`."""
     from scenesearch import tracking
 
@@ -179,18 +227,24 @@ def take(store: str, experiment: str, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base_url, log = f"http://127.0.0.1:{port}", out / "mlflow_ui.log"
-    server = start_ui(store, port, log)
-    try:
-        wait_for(server, base_url, log)
-        shots = [
-            (tracking.runs_page_url(base_url, exp.experiment_id), out / "runs.png"),
-            (tracking.runs_page_url(base_url, exp.experiment_id, parent), out / "parent_run.png"),
-        ]
-        for url, png in shots:
-            screenshot(chromium, url, png)
-            print(f"{png}  <- {url}")
-    finally:
-        stop(server)
+    runs = tracking.runs_page_url(base_url, exp.experiment_id)
+    sort = urllib.parse.urlencode({"orderByKey": f"metrics.`{metric}`", "orderByAsc": "false"})
+    shots = [
+        (runs, out / "runs.png"),
+        (f"{runs}&{sort}", out / f"runs_by_{metric}.png"),
+        (tracking.runs_page_url(base_url, exp.experiment_id, parent), out / "parent_run.png"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        seeded = Path(tmp) / "seeded"
+        seed_profile(chromium, seeded, port)
+        server = start_ui(store, port, log)
+        try:
+            wait_for(server, base_url, log)
+            for url, png in shots:
+                screenshot(chromium, seeded, url, png)
+                print(f"{png}  <- {url}")
+        finally:
+            stop(server)
     return [png for _, png in shots]
 
 
@@ -198,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=f"sqlite:///{REPO / 'mlruns.db'}", help="tracking store (default: the Makefile's mlruns.db)")
     ap.add_argument("--experiment", default="scenesearch", help="experiment name (default: scenesearch)")
+    ap.add_argument("--metric", default="test_mAP", help="metric of the sorted runs table (default: test_mAP)")
     ap.add_argument("--out", default=str(REPO / "runs" / "ui_shots"), help="folder for the PNGs (default: runs/ui_shots)")
     ap.add_argument("--demo", action="store_true", help="build a small demo store under OUT/demo and screenshot it")
     args = ap.parse_args(argv)
@@ -206,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         find_chromium()  # before building anything
         store, experiment = build_demo_store(out / "demo") if args.demo else (args.store, args.experiment)
-        take(store, experiment, out)
+        take(store, experiment, args.metric, out)
     except CheckError as e:
         print(f"ui_screenshot: {e}", file=sys.stderr)
         return 1

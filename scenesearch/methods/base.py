@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 import pyarrow as pa
 
-from scenesearch.errors import ConfigError, DataError
+from scenesearch.errors import DataError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so validating a config never pays for it
     import torch
@@ -162,8 +162,3 @@ def read_array_rows(folder: str, name: str, index: pa.Table) -> np.ndarray:
         raise DataError(f"{Path(folder) / name} has {len(x)} rows for {index.num_rows} images; rerun the step that wrote it")
     return x
 
-
-def positive(cfg: Any, prefix: str, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) <= 0:
-            raise ConfigError(f"{prefix}.{n} must be > 0, got {getattr(cfg, n)}")

@@ -22,7 +22,7 @@ import numpy as np
 from scenesearch import storage
 from scenesearch.domains import SCENE
 from scenesearch.errors import ConfigError, DataError
-from scenesearch.methods.base import FitContext, Fitted, Method, MethodConfig, positive
+from scenesearch.methods.base import FitContext, Fitted, Method, MethodConfig
 
 if TYPE_CHECKING:
     import torch

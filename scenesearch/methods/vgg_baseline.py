@@ -10,7 +10,6 @@ with real weights their state dict is saved in the model folder.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -153,3 +153,31 @@ def test_ui_command_for_a_tracking_server(uri):
 def test_runs_page_url():
     assert tracking.runs_page_url("http://127.0.0.1:5000/", "7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     assert tracking.runs_page_url("http://h:1", "7", "abc") == "http://h:1/#/experiments/7/runs/abc?workflowType=machine_learning"
+
+
+# ---------------------------------------------------------------- the screenshot check's refusals
+
+
+def _screenshot_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_screenshot", REPO / "infra" / "tools" / "ui_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_screenshot_without_chromium_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    tool = _screenshot_tool()
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert tool.main(["--out", str(tmp_path / "shots")]) == 1
+    assert capsys.readouterr().err == "ui_screenshot: chromium not found; install it with apt-get install chromium\n"
+    assert not (tmp_path / "shots").exists()
+
+
+def test_screenshot_without_a_store_says_what_to_run(monkeypatch, tmp_path, capsys):
+    tool = _screenshot_tool()
+    monkeypatch.setattr(tool, "find_chromium", lambda: "/usr/bin/chromium")
+    assert tool.main(["--store", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "shots")]) == 1
+    assert "no MLflow store at" in capsys.readouterr().err
