@@ -62,7 +62,8 @@ bench: setup ## print the speed figures (render, features, evaluate, CVAE traini
 compile: setup ## write the pipeline IR YAML to dist/
 	$(VENV)/bin/scenesearch compile --preset $(PRESET)
 
-ui: setup ## open the MLflow UI on the local store (http://127.0.0.1:5000)
+ui: setup ## open the MLflow UI on the local store (http://127.0.0.1:5000, the runs of model training)
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (scenesearch run prints its run's page)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean: ## remove run outputs (keeps .venv and the generated datasets)

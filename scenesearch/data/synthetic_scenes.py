@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import uuid
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -1100,24 +1099,13 @@ _ENCODERS: dict[str, Callable[[trimesh.Trimesh, str], list[tuple[str, bytes]]]] 
 
 
 def _replace_atomically(files: list[tuple[str, bytes]]) -> None:
-    """Write every file to a temporary name beside it, then rename them into place in order.
+    """Write every file through the one atomic writer (`scenesearch.storage`): readers never see a
+    half-written file, and a failed write leaves nothing behind (the generator also builds the whole
+    benchmark in a temporary folder and renames it when complete)."""
+    from scenesearch import storage
 
-    Readers never see a half-written file; if anything fails, no temporary file is left behind.
-    """
-    written: list[tuple[str, str]] = []
-    try:
-        for final, data in files:
-            directory, name = os.path.split(final)
-            temporary = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-            written.append((temporary, final))
-            with open(temporary, "xb") as handle:  # normal umask permissions, unlike mkstemp
-                handle.write(data)
-        for temporary, final in written:
-            os.replace(temporary, final)
-    finally:
-        for temporary, _ in written:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+    for final, data in files:
+        storage.write_bytes(final, data)
 
 
 def write_scene(mesh: trimesh.Trimesh, path: str | os.PathLike) -> None:

@@ -62,10 +62,17 @@ def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):
     for key in ("git_commit", "dataset_fingerprint", "seed", "weights_used", "features.weights", "render.n_views", "data.root"):
         assert key in params, key
     assert params["weights_used"] == "none"
+    # what the MLflow UI's runs table shows: a model-training experiment, the dataset, the models
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [params["dataset_fingerprint"]]
+    assert len(parent.outputs.model_outputs) == 2  # cvae1 and vgg_baseline; random serves nothing
     assert {"test_vgg_baseline_mAP", "test_random_mAP", "test_cvae1_mAP", "test_cvae1_photo_mAP", "kmeans_nmi", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
     children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     steps = {"ingest", "render", "preprocess", "features", "similarity", "train_cvae1", "train_vgg_baseline", "train_random", "retrieve", "evaluate", "register"}
     assert {r.data.tags.get("step") for r in children} >= steps
+    for r in children:
+        if r.data.tags.get("step", "").startswith("train_") or r.data.tags.get("method_key"):
+            assert [d.dataset.digest for d in r.inputs.dataset_inputs] == [params["dataset_fingerprint"]], r.info.run_name
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"pr_curve.png", "gallery_cvae1.png", "gallery_vgg_baseline.png", "per_class.csv", "rejected.parquet", "comparison.md"}
     table = out.split("[test queries]")[1]
     assert "cvae1" in table and f"{parent.data.metrics['test_cvae1_mAP']:.3f}" in table  # the printed table is the logged result

@@ -37,7 +37,8 @@ def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, sm
     assert len(parents) == 1, p.stdout[-2000:]
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert {"vgg_baseline.test_mAP", "random.test_mAP", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
+    assert {"test_vgg_baseline_mAP", "test_random_mAP", "test_cvae1_mAP", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
+    assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [parent.data.params["dataset_fingerprint"]]  # the Dataset column
     assert parent.data.params["weights_used"] == "none" and "dataset_fingerprint" in parent.data.params
     children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert {r.data.tags.get("step") for r in children} >= STEPS

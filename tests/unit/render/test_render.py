@@ -11,19 +11,10 @@ from scenesearch.render.camera import look_at, view_rig
 from scenesearch.render.mesh import Camera
 
 
-def _scene() -> trimesh.Trimesh:
-    ground = trimesh.creation.box((10, 0.2, 10))
-    ground.visual.face_colors = (60, 160, 60, 255)
-    tower = trimesh.creation.box((2, 5, 1))
-    tower.apply_translation((2, 2.5, 0))
-    tower.visual.face_colors = (200, 40, 40, 255)
-    return trimesh.util.concatenate([ground, tower])
-
-
 @pytest.fixture
-def glb(tmp_path):
+def glb(tmp_path, yard_scene):
     path = tmp_path / "s.glb"
-    _scene().export(path)
+    yard_scene.export(path)
     return path
 
 
@@ -37,11 +28,11 @@ def test_views_are_non_blank_and_differ(glb):
             assert np.abs(views[i].astype(int) - views[j]).mean() > 1.0, (i, j)
 
 
-def test_colours_survive_each_format(tmp_path, glb):
+def test_colours_survive_each_format(tmp_path, glb, yard_scene):
     red_share = {}
     for ext in ("glb", "obj", "ply"):
         path = tmp_path / f"s.{ext}"
-        _scene().export(path)
+        yard_scene.export(path)
         v = render_views(path, size=32)
         red_share[ext] = ((v[..., 0] > 120) & (v[..., 1] < 80)).mean()
     assert all(s > 0.01 for s in red_share.values()), red_share
@@ -85,11 +76,11 @@ def test_look_at_maps_target_to_negative_z():
     assert np.allclose(m @ [0, 0, 0, 1], [0, 0, -5, 1], atol=1e-6)
 
 
-def test_skp_loads_with_colours(tmp_path):
+def test_skp_loads_with_colours(tmp_path, yard_scene):
     from scenesearch.data.synthetic_scenes import write_scene
 
     path = tmp_path / "s.skp"
-    write_scene(_scene(), path)
+    write_scene(yard_scene, path)
     mesh = load_mesh(path)
     assert mesh.cull_back_faces and mesh.n_triangles >= 12
     v = render_views(path, size=32)

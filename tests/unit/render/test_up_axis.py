@@ -33,16 +33,6 @@ def _floor_plan_z_up() -> trimesh.Trimesh:
     return trimesh.util.concatenate(parts)
 
 
-def _yard_y_up() -> trimesh.Trimesh:
-    """An ordinary Y-up scene: a ground in XZ with a tower standing on it."""
-    ground = trimesh.creation.box((10, 0.2, 10))
-    ground.visual.face_colors = (60, 160, 60, 255)
-    tower = trimesh.creation.box((2, 5, 1))
-    tower.apply_translation((2, 2.5, 0))
-    tower.visual.face_colors = (200, 40, 40, 255)
-    return trimesh.util.concatenate([ground, tower])
-
-
 def _z_up_to_y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     """The same scene modelled Y up: (x, y, z) -> (x, z, -y)."""
     out = mesh.copy()
@@ -159,8 +149,8 @@ def _manifest(tmp_path, files: dict[str, trimesh.Trimesh]) -> str:
 
 
 @pytest.mark.parametrize("up_axis, rejected", [("auto", 0), ("z", 0), ("y", 1)])
-def test_render_step_rejects_blank_views(tmp_path, up_axis, rejected):
-    manifest = _manifest(tmp_path, {"scenes/plan/plan.obj": _floor_plan_z_up(), "scenes/yard/yard.glb": _yard_y_up()})
+def test_render_step_rejects_blank_views(tmp_path, up_axis, rejected, yard_scene):
+    manifest = _manifest(tmp_path, {"scenes/plan/plan.obj": _floor_plan_z_up(), "scenes/yard/yard.glb": yard_scene})
     result = step.run(manifest, str(tmp_path / f"views_{up_axis}"), RenderConfig(size=32, render_size=64, up_axis=up_axis))
     views = pq.read_table(tmp_path / f"views_{up_axis}" / "views.parquet").to_pylist()
     reasons = pq.read_table(tmp_path / f"views_{up_axis}" / "rejected.parquet").to_pylist()
