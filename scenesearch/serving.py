@@ -198,14 +198,17 @@ class Answer:
     image: str
     results: list[dict]
     error: str = ""
+    ranked_by: str = ""  # the method (and variant) that ranked them
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "error": self.error} if self.error else {"image": self.image, "results": self.results}
+        if self.error:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "ranked_by": self.ranked_by, "results": self.results}
 
     def format(self) -> str:
         if self.error:
             return f"{self.image}: {self.error}"
-        lines = [f"{self.image}"] + [f"  {r['rank']:>3}  {r['scene_id']:<40} {r['label']:<14} {r['distance']:.4g}" for r in self.results]
+        lines = [f"{self.image}  (ranked by {self.ranked_by})"] + [f"  {r['rank']:>3}  {r['scene_id']:<40} {r['label']:<14} {r['distance']:.4g}" for r in self.results]
         return "\n".join(lines)
 
 
@@ -230,6 +233,8 @@ def query_files(model_uri: str, tracking_uri: str, paths: list[str], top_k: int)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ScenesearchError(f"cannot load the model {model_uri} from {tracking_uri} ({first}); run `make run` first or pass --model") from None
     log_load = time.perf_counter() - t0
+    served = model.unwrap_python_model()
+    ranked_by = served.method if served.key == served.method else f"{served.method} {served.key}"
     answers = []
     for p in paths:
         try:
@@ -238,6 +243,6 @@ def query_files(model_uri: str, tracking_uri: str, paths: list[str], top_k: int)
             answers.append(Answer(p, [], str(e)))
             continue
         frame = model.predict(image[None], params={"top_k": top_k})
-        answers.append(Answer(p, frame.drop(columns=["query"]).to_dict("records")))
+        answers.append(Answer(p, frame.drop(columns=["query"]).to_dict("records"), ranked_by=ranked_by))
     log.info("model %s loaded in %.2f s", model_uri, log_load)
     return answers
