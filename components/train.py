@@ -13,13 +13,14 @@ def train(
     model: Output[Model],
     features: Input[Dataset] = None,
     clusters: Input[Dataset] = None,
-    manifest: Input[Dataset] = None,
+    semantics: Input[Dataset] = None,
 ):
     """Fit one configured (method, variant): train it if it learns (checkpointed, per-epoch metrics),
     embed every image, and log it as an MLflow model if it can answer a query image.
 
     Runs inside a ParallelFor, so the parent run id comes from start_run's `run` artifact. The
-    optional inputs are wired only when a method of the loop consumes them.
+    optional inputs are wired only when a method of the loop consumes them (`semantics` is the ingest
+    output, which holds semantics.parquet).
     """
     import json
     import os
@@ -36,7 +37,7 @@ def train(
             images=images.path,
             features=features.path if features else "",
             clusters=clusters.path if clusters else "",
-            semantics=manifest.path if manifest else "",
+            semantics=semantics.path if semantics else "",
         )
         with tracking.step_run(cfg, parent_run_id, f"train_{key}") as task_run:
             root = cfg.train.checkpoint_root.rstrip("/")

@@ -100,7 +100,7 @@ def make_pipeline(cfg: RunConfig):
             if not group:
                 continue
             consumed = {c for e in group for c in e.consumes}
-            wired = {("manifest" if k == "semantics" else k): v for k, v in optional.items() if k in consumed}
+            wired = {k: v for k, v in optional.items() if k in consumed}
             with dsl.ParallelFor(items=[e.key for e in group], parallelism=len(group)) as key:
                 # the parent run id crosses into the loop as an artifact (see components/start_run.py)
                 tr = place(train(key=key, images=pre.outputs["images"], config_json=config_json, run=run.outputs["run"], **wired), cfg, "base", gpu=gpu)

@@ -218,6 +218,23 @@ def test_pipeline_compiles_with_every_step_and_the_fan_outs(tmp_path, smoke_cfg)
     assert not any("retryPolicy" in t for t in spec["root"]["dag"]["tasks"].values())
 
 
+def test_a_branch_gets_the_inputs_its_methods_consume(tmp_path, smoke_cfg, monkeypatch):
+    """The plugin of tests/e2e consumes images and clusters: its loop is wired to similarity, the other one is not."""
+    import dataclasses
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "e2e" / "plugins"))
+    cfg = dataclasses.replace(smoke_cfg, methods={"colour_histogram": {"gpu": True}, "random": {}}, plugins=("colour_histogram",))
+    spec = _compile(tmp_path, cfg)
+    loops = _loops(spec)
+    tasks = spec["root"]["dag"]["tasks"]
+    inner = {n: spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"][n] for n, (loop, _) in loops.items() if n.startswith("train")}
+    assert loops["train"][1] == '["random"]' and loops["train-2"][1] == '["colour_histogram"]'
+    assert set(inner["train"]["inputs"]["artifacts"]) == {"images", "features", "run"}
+    assert set(inner["train-2"]["inputs"]["artifacts"]) == {"images", "clusters", "run"}
+    assert "similarity" in tasks[loops["train-2"][0]]["dependentTasks"] and "similarity" not in tasks[loops["train"][0]]["dependentTasks"]
+
+
 def test_components_import_only_stdlib_and_kfp_at_module_level():
     """Compiling needs only kfp: the heavy libraries are imported inside the component bodies."""
     code = (
