@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/bench_distances.py [--queries 2000] [--scenes 1000] [--views 13] [--latent 128]
                                                [--classes 10] [--loop-scenes 50] [--loop-repeats 3] [--repeats 3] [--no-memory]
 
-Ours: `scenesearch.retrieval.cvae_scene_distances` (one matmul per (queries x renders) block of
+Ours: `scenesearch.methods.cvae_m2.cvae_scene_distances` (one matmul per (queries x renders) block of
   at most `max_elements`), in its default float64 and with dtype=float32.
 Loop: what one writes by hand from the closed forms: for each scene, H_s of every query against
   its 13 views by broadcasting, (Q, 1, d) against (1, V, d), with

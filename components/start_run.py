@@ -20,7 +20,7 @@ def start_run(config_json: str, run_name: str, git_commit: str, shape: str, run:
     with task_edge("start"):
         cfg = config.from_json(config_json)
         if methods.shape(cfg) != shape:
-            raise ConfigError(f"the config asks for the method branches {methods.shape(cfg)} but this pipeline was compiled for {shape}; compile it again with this config")
+            raise ConfigError(f"the config asks for the DAG {methods.shape(cfg)} but this pipeline was compiled for {shape}; compile it again with this config")
         run_id = tracking.start_parent(cfg, run_name, git_commit)
     with open(run.path, "w") as f:
         f.write(run_id)

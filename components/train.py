@@ -22,16 +22,14 @@ def train(
     optional inputs are wired only when a method of the loop consumes them (`semantics` is the ingest
     output, which holds semantics.parquet).
     """
-    import json
     import os
 
-    from scenesearch import config, methods, serving, storage, tracking
+    from scenesearch import config, methods, registry, serving, tracking
     from scenesearch import train as step
     from scenesearch.cli import task_edge
 
     with task_edge(f"train {key}"):
         cfg = config.from_json(config_json)
-        entry = methods.entry(cfg, key)
         parent_run_id = run.metadata["run_id"]
         inputs = methods.Inputs(
             images=images.path,
@@ -40,17 +38,14 @@ def train(
             semantics=semantics.path if semantics else "",
         )
         with tracking.step_run(cfg, parent_run_id, f"train_{key}") as task_run:
+            entry = methods.entry(cfg, key)
             root = cfg.train.checkpoint_root.rstrip("/")
             checkpoints = f"{root}/{parent_run_id}/{key}" if root else None  # a retry of this task resumes there
             result = step.run(cfg, key, inputs, model.path, checkpoints, on_epoch=lambda e, m: task_run.log_metrics(m, step=e))
             task_run.log_params({"method": entry.method, "variant": entry.variant or "-", **result.params})
             task_run.log_metrics(result.metrics)
             task_run.log_artifacts([os.path.join(model.path, "history.json"), os.path.join(model.path, "method.json")])
-            record = {"key": key, "model_uri": "", "model_id": "", "run_id": task_run.run_id}
-            if entry.serves:  # logged into this run, so the runs table's Models column shows it here
-                tags = {"method": entry.method, "variant": entry.variant or "-", "key": key, "git_commit": task_run.parent_tag("git_commit")}
-                logged = serving.log_model(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), serving.first_query_image(images.path), cfg.registry.top_k, tags)
-                record.update(model_uri=logged.model_uri, model_id=logged.model_id)
-            storage.write_bytes(os.path.join(model.path, "mlflow.json"), json.dumps(record).encode())
-            uri = record["model_uri"]
+            # logged into this run, so the runs table's Models column shows it here
+            tags = registry.version_tags(step.read_record(model.path), {}, task_run.parent_tag("git_commit"))
+            uri = serving.log_folder(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), images.path, cfg.registry.top_k, tags, entry.serves)["model_uri"]
     model.metadata.update({**result.metrics, "key": key, "method": entry.method, "variant": entry.variant, "model_uri": uri})

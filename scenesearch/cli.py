@@ -124,12 +124,11 @@ def cmd_register(args) -> dict:
     for d in args.models:
         record = train.read_record(d)
         methods.load_plugins(tuple(record.get("plugins", ())))
-        if not storage.exists(Path(d) / "mlflow.json") and methods.get(record["method"]).serves:
+        if not storage.exists(Path(d) / "mlflow.json"):  # trained by `scenesearch train`: log it first
             run = c.create_run(exp, run_name=f"register {record['key']}", tags={"step": "register", "git_commit": commit})
-            logged = serving.log_model(d, run.info.run_id, uri, serving.first_query_image(args.images), cfg.registry.top_k, registry.version_tags(record, {}, commit))
-            storage.write_bytes(Path(d) / "mlflow.json", json.dumps({"key": record["key"], "model_uri": logged.model_uri, "model_id": logged.model_id, "run_id": run.info.run_id}).encode())
+            serving.log_folder(d, run.info.run_id, uri, args.images, cfg.registry.top_k, registry.version_tags(record, {}, commit), methods.get(record["method"]).serves)
             c.set_terminated(run.info.run_id)
-    done = registry.run(args.models, args.report, fp, uri, args.name or cfg.registry.name, cfg.registry.metric, commit)
+    done = registry.run(args.models, args.report, fp, uri, args.name or cfg.registry.name, cfg.registry_metric(), commit)
     return {r.key: {"version": r.version, "alias": r.alias, "reason": r.reason} for r in done}
 
 
@@ -146,7 +145,7 @@ def cmd_promote(args) -> dict:
 
     cfg = _config(args)
     name = args.name or cfg.registry.name
-    decision = registry.promote(tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri), name, args.version, args.force, cfg.registry.metric)
+    decision = registry.promote(tracking.resolve_uri(args.tracking_uri or cfg.tracking.tracking_uri), name, args.version, args.force, cfg.registry_metric())
     return {"model": name, "version": args.version, "alias": registry.CHAMPION, "reason": decision.reason}
 
 

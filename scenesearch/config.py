@@ -166,14 +166,12 @@ class RegistryConfig:
     """The MLflow model registry: one registered model, `champion` on the best version."""
 
     name: str = "scenesearch"
-    metric: str = "test_mAP"  # higher is better; compared only on the same dataset fingerprint
+    metric: str = ""  # higher is better, compared only on the same dataset fingerprint; "": test_mAP, test_unseen_mAP with a zero-shot split
     top_k: int = 10  # default number of scenes a served model returns
 
     def validate(self) -> None:
         if not self.name or "/" in self.name or ":" in self.name:
             raise ConfigError(f"registry.name must be a non-empty name without '/' or ':', got '{self.name}'")
-        if not self.metric:
-            raise ConfigError("registry.metric must name a metric such as test_mAP")
         _positive(self, "top_k")
 
 
@@ -236,6 +234,11 @@ class RunConfig:
     # the method itself through scenesearch.methods, so this module imports no method.
     methods: dict[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()  # extra modules defining a METHOD (third-party methods)
+
+    def registry_metric(self) -> str:
+        """The metric that decides the champion: registry.metric, else the split's headline mAP
+        (the unseen classes' with a zero-shot split: what zero-shot retrieval is judged on)."""
+        return self.registry.metric or ("test_unseen_mAP" if self.data.split == "zero_shot" else "test_mAP")
 
     def validate(self) -> "RunConfig":
         if self.seed < 0:

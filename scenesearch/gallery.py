@@ -58,3 +58,13 @@ def arrange(features: np.ndarray, index: dict) -> RetrievalInputs:
         return {c: columns[c][rows].tolist() for c in COLUMNS}
 
     return RetrievalInputs(features[q_rows], np.stack([features[g] for g in groups]), cols(q_rows), cols(np.array([g[0] for g in groups])))
+
+
+def read_folder(model_dir) -> RetrievalInputs:
+    """A model folder's embeddings (embeddings.npy + index.parquet, local or s3://), arranged."""
+    from pathlib import Path
+
+    from scenesearch import storage
+
+    emb = storage.read_array(Path(model_dir) / "embeddings.npy")
+    return arrange(emb, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())

@@ -1,7 +1,8 @@
 """The MLflow model registry: register trained models, keep `champion` on the best version.
 
 A version carries tags, whichever method it is: method, variant, key (the variant's or the
-method's name), dataset_fingerprint, git_commit and its test metrics. `champion` moves to a new version only when its metric (``registry.metric``, higher is
+method's name), dataset_fingerprint, git_commit and its test metrics. `champion` moves to a new
+version only when its metric (``RunConfig.registry_metric()``, higher is
 better) beats the current champion's on the same dataset fingerprint, or when there is no
 champion; otherwise the new version becomes `challenger` and the reason is recorded. Aliases,
 not stages: stages are deprecated in MLflow.

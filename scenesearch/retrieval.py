@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from scenesearch import storage
 from scenesearch.errors import DataError
-from scenesearch.gallery import RetrievalInputs, arrange
+from scenesearch.gallery import RetrievalInputs, read_folder
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ def score_folder(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> tuple[
     from scenesearch import train
 
     record, retriever = train.load(model_dir, plugins)
-    emb = storage.read_array(Path(model_dir) / "embeddings.npy")
-    inputs = arrange(emb, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())
+    inputs = read_folder(model_dir)
     d = retriever.score(torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats))
     d = np.asarray(d.cpu().numpy() if hasattr(d, "cpu") else d, dtype=np.float32)
     if d.shape != (len(inputs.query_feats), len(inputs.scene_feats)) or not np.isfinite(d).all():

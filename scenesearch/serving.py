@@ -17,7 +17,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,18 +36,17 @@ SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow
 NOT_SERVED = ("embeddings.npy", "index.parquet", "checkpoint", "mlflow.json", "history.json")
 
 
-def pip_requirements() -> list[str]:
-    """Exact pins of what predict imports, from this environment (so MLflow never infers them)."""
-    return [f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES]
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """Exact pins of what predict imports, from this environment (so MLflow never infers them);
+    `extra`: a method's own requirements (`Method.requirements`)."""
+    return [f"{p}=={metadata.version(p)}" for p in dict.fromkeys((*SERVING_PACKAGES, *extra))]
 
 
 def build_gallery(model_dir: str | Path) -> dict[str, np.ndarray]:
     """Scene ids, labels and per-view embeddings (S, V, d) from a model folder."""
-    from scenesearch import storage
-    from scenesearch.gallery import arrange
+    from scenesearch.gallery import read_folder
 
-    emb = storage.read_array(Path(model_dir) / "embeddings.npy")
-    inputs = arrange(emb, storage.read_table(Path(model_dir) / "index.parquet").to_pydict())
+    inputs = read_folder(model_dir)
     return {"scene_ids": np.array(inputs.scenes["item_id"]), "labels": np.array(inputs.scenes["label"]), "embeddings": inputs.scene_feats.astype(np.float32)}
 
 
@@ -145,13 +143,18 @@ def log_model(model_dir: str | Path, run_id: str, tracking_uri: str, example: np
     """
     import mlflow
 
-    from scenesearch import train
+    from scenesearch import methods, storage, train
 
     record = train.read_record(model_dir)
+    methods.load_plugins(tuple(record.get("plugins", ())))
+    requirements = pip_requirements(methods.get(record["method"]).requirements)
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns(*NOT_SERVED))
+        for rel in storage.list_files(model_dir):  # a local folder or an s3:// prefix
+            if rel.split("/")[0] not in NOT_SERVED:
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder / rel).write_bytes(storage.read_bytes(storage.join(str(model_dir), rel)))
         (folder / "method.json").write_text(json.dumps({**record, "top_k": top_k}, indent=2))
         np.savez(folder / "gallery.npz", **build_gallery(model_dir))
         with mlflow.start_run(run_id=run_id):
@@ -162,10 +165,24 @@ def log_model(model_dir: str | Path, run_id: str, tracking_uri: str, example: np
                 code_paths=_code_paths(record.get("plugins", [])),
                 signature=signature(top_k),
                 input_example=(example[None].astype(np.uint8), {"top_k": min(3, top_k)}),
-                pip_requirements=pip_requirements(),
+                pip_requirements=requirements,
                 tags={k: str(v) for k, v in (tags or {}).items()},
             )
     return LoggedModel(info.model_uri, info.model_id)
+
+
+def log_folder(model_dir: str | Path, run_id: str, tracking_uri: str, images_dir: str | Path, top_k: int, tags: dict, serves: bool) -> dict:
+    """Log a model folder in run `run_id` when its method serves, and record the outcome in the
+    folder's ``mlflow.json`` (key, run id, model URI and id; empty URI when not served), which the
+    register step reads. Returns that record."""
+    from scenesearch import storage, train
+
+    record = {"key": train.read_record(model_dir)["key"], "model_uri": "", "model_id": "", "run_id": run_id}
+    if serves:
+        logged = log_model(model_dir, run_id, tracking_uri, first_query_image(images_dir), top_k, tags)
+        record.update(model_uri=logged.model_uri, model_id=logged.model_id)
+    storage.write_bytes(Path(model_dir) / "mlflow.json", json.dumps(record).encode())
+    return record
 
 
 def first_query_image(images_dir: str | Path) -> np.ndarray:

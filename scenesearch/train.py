@@ -54,14 +54,6 @@ def training_index(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("label"), "label", labels)
 
 
-def _index_table(method: methods.Method, inputs: methods.Inputs) -> pa.Table:
-    for name in ("images", "features"):  # both hold a copy of the preprocess index
-        folder = getattr(inputs, name)
-        if folder and name in method.consumes:
-            return storage.read_table(Path(folder) / "index.parquet")
-    raise DataError(f"method {method.name} consumes neither images nor features, so it has no rows to embed")
-
-
 def run(
     cfg: RunConfig,
     key: str,
@@ -86,10 +78,14 @@ def run(
     entry = methods.entry(cfg, key)
     method = methods.get(entry.method)
     section = methods.section(cfg, entry.method)
-    table = _index_table(method, inputs)
+    # the rows to embed: the preprocess index, which every task has (the images input is always given)
+    table = storage.read_table(Path(inputs.need("images", entry.method)) / "index.parquet")
     dst = Path(out_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    ctx = methods.FitContext(entry, section, cfg, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress)
+    if not storage.is_remote(dst):
+        dst.mkdir(parents=True, exist_ok=True)
+    # the method sees the run's settings but not which classes are unseen (nor their labels: ctx.index)
+    seen_only = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, unseen_classes=()))
+    ctx = methods.FitContext(entry, section, seen_only, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress)
     fitted = method.fit(ctx)
     emb = np.asarray(fitted.embeddings, dtype=np.float32)
     if emb.ndim != 2 or len(emb) != table.num_rows:

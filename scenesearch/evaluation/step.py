@@ -6,7 +6,7 @@ gallery), per query domain ``test_photo_mAP``, ``test_sketch_mAP``; with a zero-
 number), ``test_seen_mAP`` (seen classes against seen scenes, for reference) and their per-domain
 keys (``test_unseen_sketch_mAP``). Writes to out_dir: metrics.json ({key: {metric_key: value}}),
 comparison.csv and comparison.md (one row per method), per_class.csv, pr_curve.png,
-gallery_<key>.png per servable entry (its top-k for one query of each class) and
+gallery_<key>.png per method (its top-k for one query of each class) and
 rejected.parquet (every reject of every earlier step, with its reason).
 """
 
@@ -84,13 +84,13 @@ def run(retrieval_dir: str, manifest_dir: str, views_dir: str, images_dir: str, 
     queries = storage.read_table(src / "queries.parquet").to_pydict()
     scenes = storage.read_table(src / "scenes.parquet").to_pydict()
     q_labels, s_labels = np.asarray(queries["label"]), np.asarray(scenes["label"])
-    keys = sorted(p.stem.removeprefix("distances_") for p in src.glob("distances_*.npy"))
+    keys = sorted(f.removeprefix("distances_").removesuffix(".npy") for f in storage.list_files(src) if f.startswith("distances_") and f.endswith(".npy"))
+    distances = {key: storage.read_array(src / f"distances_{key}.npy") for key in keys}
     results: dict[str, dict[str, float]] = {}
     reported: list[tuple[str, tuple[str, ...]]] = []
     class_rows, curves = [], {}
     report_split = cfg.splits[-1]
-    for key in keys:
-        d = storage.read_array(src / f"distances_{key}.npy")
+    for key, d in distances.items():
         results[key] = {}
         for split in cfg.splits:
             for group, qm, sm in query_groups(queries, scenes, split):
@@ -123,7 +123,7 @@ def run(retrieval_dir: str, manifest_dir: str, views_dir: str, images_dir: str, 
             value = results[key].get(metric_key(report_split, "mAP"), float("nan"))
             title = f"{key}: top {cfg.gallery_top} scenes for {report_split} queries (mAP {value:.3f})"
             path = dst / f"gallery_{key}.png"
-            _gallery(storage.read_array(src / f"distances_{key}.npy"), queries, scenes, mask, thumbs, cfg, path, title)
+            _gallery(distances[key], queries, scenes, mask, thumbs, cfg, path, title)
             artifacts.append(str(path))
     n_rejected = _merge_rejects([manifest_dir, views_dir, images_dir], dst / "rejected.parquet")
     artifacts.append(str(dst / "rejected.parquet"))

@@ -22,6 +22,7 @@ __all__ = ["CONSUMABLE", "Entry", "FitContext", "Fitted", "Inputs", "Method", "M
            "check", "entries", "entry", "get", "load_plugins", "names", "section", "shape"]
 
 _REGISTRY: dict[str, Method] = {}
+_MODULES: dict[str, str] = {}  # method name -> the module that defines it
 _SKIP = {"base"}
 _discovered = False
 
@@ -33,8 +34,8 @@ def _add(module_name: str) -> None:
         raise ConfigError(f"plugin module {module_name} defines no METHOD = scenesearch.methods.Method(...)")
     other = _REGISTRY.get(method.name)
     if other is not None and other is not method:
-        raise ConfigError(f"two modules define the method '{method.name}' ({module_name} and another); rename one")
-    _REGISTRY[method.name] = method
+        raise ConfigError(f"two modules define the method '{method.name}' ({_MODULES[method.name]} and {module_name}); rename one")
+    _REGISTRY[method.name], _MODULES[method.name] = method, module_name
 
 
 def _discover() -> None:
@@ -56,8 +57,10 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
     for m in modules:
         try:
             _add(m)
-        except ImportError as e:
-            raise ConfigError(f"plugins: cannot import the method module '{m}' ({e})") from None
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a plugin raises on import is one sentence here
+            raise ConfigError(f"plugins: cannot import the method module '{m}' ({type(e).__name__}: {e})") from None
 
 
 def names() -> list[str]:
@@ -95,7 +98,7 @@ def section(cfg, name: str) -> MethodConfig:
 
 
 def entries(cfg) -> list[Entry]:
-    """Every configured (method, variant), in the config's order (sorted by method name).
+    """Every configured (method, variant): methods sorted by name, variants in their configured order.
 
     Raises:
         ConfigError: no method configured, a bad section, or two entries with one key.
@@ -133,9 +136,10 @@ def check(cfg) -> list[Entry]:
 
 
 def shape(cfg) -> str:
-    """The DAG shape the methods ask for (entries, GPU requests, inputs), compared at run time
-    with the shape a pipeline was compiled for."""
-    return json.dumps([[e.key, e.gpu, list(e.consumes)] for e in entries(cfg)], separators=(",", ":"))
+    """The DAG shape a config asks for: its method branches (key, GPU request, inputs), the shard
+    fan-out and whether the descriptors run on a GPU. A run compares it with the compiled one."""
+    branches = [[e.key, e.gpu, list(e.consumes)] for e in entries(cfg)]
+    return json.dumps({"methods": branches, "shards": cfg.cluster.shards, "features_gpu": cfg.features.device == "cuda"}, separators=(",", ":"))
 
 
 def describe() -> list[dict[str, Any]]:

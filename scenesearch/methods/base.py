@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import numpy as np
 import pyarrow as pa
 
-from scenesearch.errors import DataError
+from scenesearch.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # torch is imported where it is used, so validating a config never pays for it
     import torch
@@ -67,7 +67,7 @@ class Entry:
 class Inputs:
     """Step output folders a method may read; empty when the method does not consume it."""
 
-    images: str = ""  # preprocess: images.npy (N, 3, H, W) float32 in [0, 1] + index.parquet
+    images: str = ""  # preprocess: images.npy (N, 3, H, W) float32 in [0, 1] + index.parquet (always given: the rows to embed)
     features: str = ""  # features: features.npy (N, d) + index.parquet + pca.npz
     clusters: str = ""  # similarity: clusters.parquet
     semantics: str = ""  # ingest: semantics.parquet, when the dataset has semantics.csv
@@ -83,7 +83,8 @@ class Inputs:
 @dataclass(frozen=True)
 class FitContext:
     """Everything `fit` gets. ``index`` is the rows to embed, with the labels that training must not
-    see (unseen classes of a zero-shot split) blanked to ""; use it, not the index files."""
+    see (unseen classes of a zero-shot split) blanked to ""; a method reads labels from it only, never
+    from the index files of its input folders (they keep the true labels for evaluation)."""
 
     entry: Entry
     config: Any  # the method's own config section
@@ -137,12 +138,14 @@ class Method:
     serves: bool = True  # False: it cannot answer a query image (not logged as an MLflow model)
     variants: Callable[[Any], tuple[str, ...]] = _no_variants
 
+    requirements: tuple[str, ...] = ()  # extra packages its served model imports (pinned from this environment)
+
     def __post_init__(self):
         unknown = sorted(set(self.consumes) - set(CONSUMABLE))
         if unknown:
-            raise ValueError(f"method {self.name} consumes unknown inputs {unknown}; known: {', '.join(CONSUMABLE)}")
+            raise ConfigError(f"method {self.name} consumes unknown inputs {unknown}; known: {', '.join(CONSUMABLE)}")
         if not (dataclasses.is_dataclass(self.config) and issubclass(self.config, MethodConfig)):
-            raise ValueError(f"method {self.name}: config must be a MethodConfig dataclass")
+            raise ConfigError(f"method {self.name}: config must be a frozen dataclass subclassing MethodConfig")
 
 
 # --------------------------------------------------------------------------------------------

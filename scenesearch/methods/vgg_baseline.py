@@ -33,7 +33,7 @@ class VGGRetriever:
         self.folder, self.meta = Path(folder), meta
         self.image_size = int(meta["image_size"])
         self._net = None
-        pca = np.load(self.folder / "pca.npz")
+        pca = np.load(io.BytesIO(storage.read_bytes(self.folder / "pca.npz")))  # a local folder or s3://
         self.mean, self.components = pca["mean"].astype(np.float32), pca["components"].astype(np.float32)
 
     def _descriptor(self):
@@ -43,9 +43,9 @@ class VGGRetriever:
             from scenesearch.features.vgg import build_descriptor
 
             saved = self.folder / DESCRIPTOR_FILE
-            if saved.is_file():  # real weights travel with the model
+            if storage.exists(saved):  # real weights travel with the model
                 self._net = build_descriptor("none", int(self.meta["seed"]))
-                self._net.load_state_dict(torch.load(saved, map_location="cpu", weights_only=True))
+                self._net.load_state_dict(torch.load(io.BytesIO(storage.read_bytes(saved)), map_location="cpu", weights_only=True))
             else:
                 self._net = build_descriptor(self.meta["weights"], int(self.meta["seed"]))
         return self._net

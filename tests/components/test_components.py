@@ -127,7 +127,11 @@ def test_start_run_refuses_a_config_that_disagrees_with_the_compiled_shape(tmp_p
         start_run.python_func(config_json=other.to_json(), run_name="x", git_commit="x", shape=compiled, run=_artifact(Artifact, tmp_path, "run"))
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith('scenesearch start: the config asks for the method branches [["random"') and err.endswith("compile it again with this config")
+    assert err.startswith('scenesearch start: the config asks for the DAG {"methods":[["random"') and err.endswith("compile it again with this config")
+    more_shards = dataclasses.replace(smoke_cfg, cluster=dataclasses.replace(smoke_cfg.cluster, shards=3))
+    with pytest.raises(SystemExit):
+        start_run.python_func(config_json=more_shards.to_json(), run_name="x", git_commit="x", shape=compiled, run=_artifact(Artifact, tmp_path, "run"))
+    assert '"shards":3' in capsys.readouterr().err
     assert MlflowClient(mlflow_uri).search_experiments(filter_string="name = 'scenesearch-smoke'") == []  # refused before any run was opened
 
 
@@ -230,7 +234,7 @@ def test_a_branch_gets_the_inputs_its_methods_consume(tmp_path, smoke_cfg, monke
     tasks = spec["root"]["dag"]["tasks"]
     inner = {n: spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"][n] for n, (loop, _) in loops.items() if n.startswith("train")}
     assert loops["train"][1] == '["random"]' and loops["train-2"][1] == '["colour_histogram"]'
-    assert set(inner["train"]["inputs"]["artifacts"]) == {"images", "features", "run"}
+    assert set(inner["train"]["inputs"]["artifacts"]) == {"images", "run"}  # random consumes nothing but the rows
     assert set(inner["train-2"]["inputs"]["artifacts"]) == {"images", "clusters", "run"}
     assert "similarity" in tasks[loops["train-2"][0]]["dependentTasks"] and "similarity" not in tasks[loops["train"][0]]["dependentTasks"]
 

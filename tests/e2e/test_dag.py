@@ -234,4 +234,9 @@ def test_zero_shot_split_trains_on_seen_classes_and_reports_unseen_metrics(tmp_p
     metrics = json.loads(report.read_text())
     assert metrics["cvae1"]["test_unseen_mAP"] == pytest.approx(parent.data.metrics["test_cvae1_unseen_mAP"])
     assert not any(k.startswith("val_unseen") for k in metrics["cvae1"])  # unseen classes are all in the test split
+    # the champion is chosen on the unseen classes' mAP, what zero-shot retrieval is judged on
+    versions = c.search_model_versions("name='scenesearch-smoke'")
+    assert len(versions) == 2 and all("test_unseen_mAP" in v.tags for v in versions)
+    second = max(versions, key=lambda v: int(v.version))
+    assert "test_unseen_mAP" in second.tags["promotion"]
 

@@ -274,3 +274,30 @@ def test_cli_prints_one_line_without_traceback(s3_env, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("scenesearch ingest:")]
     assert len(errors) == 1 and "s3://no-such-bucket-cli/data" in errors[0]
     assert "Traceback" not in proc.stderr and SECRET not in proc.stderr + proc.stdout
+
+
+def test_model_folders_on_s3_train_score_and_evaluate(bucket, smoke_preprocessed, smoke_cfg, tmp_path):
+    """The train step writes a model folder to s3://, retrieve scores from there, evaluate lists the distances there."""
+    import dataclasses
+
+    import torch
+
+    from scenesearch import features, methods, retrieval, train
+    from scenesearch.evaluation import step as evaluate
+
+    name, _ = bucket
+    feats = tmp_path / "features"
+    features.run(str(smoke_preprocessed["images"]), str(feats), smoke_cfg.features, smoke_cfg.seed)
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(feats))
+    cfg = dataclasses.replace(smoke_cfg, methods={"vgg_baseline": {}, "random": {}})
+    remote = [train.run(cfg, key, inputs, f"s3://{name}/models/{key}", progress=False).out_dir for key in ("vgg_baseline", "random")]
+    assert not Path("s3:").exists()  # no local folder named like the URI
+    local = train.run(cfg, "vgg_baseline", inputs, str(tmp_path / "vgg"), progress=False).out_dir
+    assert retrieval.run(remote, f"s3://{name}/rankings").keys == ("vgg_baseline", "random")
+    retrieval.run([local], str(tmp_path / "r-local"))
+    np.testing.assert_array_equal(storage.read_array(f"s3://{name}/rankings/distances_vgg_baseline.npy"), storage.read_array(tmp_path / "r-local" / "distances_vgg_baseline.npy"))
+    _, retriever = train.load(f"s3://{name}/models/vgg_baseline")  # the PCA is read from the bucket
+    images = torch.from_numpy(storage.read_array(smoke_preprocessed["images"] / "images.npy")[:2])
+    assert tuple(retriever.embed(images).shape) == (2, storage.read_array(feats / "features.npy").shape[1])
+    r = evaluate.run(f"s3://{name}/rankings", str(smoke_preprocessed["manifest"]), str(smoke_preprocessed["views"]), str(smoke_preprocessed["images"]), str(tmp_path / "e"), smoke_cfg.evaluate)
+    assert set(r.metrics) == {"vgg_baseline", "random"}

@@ -32,6 +32,12 @@ def test_bad_fields_are_named(override, message):
     assert "\n" not in str(e.value)
 
 
+def test_the_champion_metric_follows_the_split_unless_set():
+    assert config.load("default").registry_metric() == "test_mAP"
+    assert config.load("default", ["data.split=zero_shot"]).registry_metric() == "test_unseen_mAP"
+    assert config.load("default", ["data.split=zero_shot", "registry.metric=test_mAP"]).registry_metric() == "test_mAP"
+
+
 def test_override_applies():
     cfg = config.load("default", ["features.pca_dim=64", "evaluate.splits=[test]"])
     assert cfg.features.pca_dim == 64 and cfg.evaluate.splits == ("test",)

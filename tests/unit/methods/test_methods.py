@@ -58,10 +58,27 @@ def test_entries_one_per_variant_with_unique_keys(smoke_cfg):
         methods.entry(cfg, "cvae3")
 
 
-def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg):
+def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg, tmp_path, monkeypatch):
     cfg = dataclasses.replace(smoke_cfg, plugins=("no_such_plugin_module",))
     with pytest.raises(ConfigError, match="plugins: cannot import the method module 'no_such_plugin_module'"):
         methods.check(cfg)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "broken_plugin.py").write_text("def oops(:\n")
+    (tmp_path / "bad_inputs_plugin.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from scenesearch.methods import Method, MethodConfig
+
+        @dataclass(frozen=True)
+        class C(MethodConfig):
+            pass
+
+        METHOD = Method("bad_inputs", "consumes what nobody makes", C, ("depth_maps",), None, None)
+    '''))
+    for module, message in [("broken_plugin", "plugins: cannot import the method module 'broken_plugin' (SyntaxError: "),
+                            ("bad_inputs_plugin", "method bad_inputs consumes unknown inputs ['depth_maps']; known: images, features, clusters, semantics")]:
+        with pytest.raises(ConfigError) as e:
+            methods.check(dataclasses.replace(smoke_cfg, plugins=(module,)))
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random"])
