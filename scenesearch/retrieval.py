@@ -37,8 +37,7 @@ def score_folder(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> tuple[
 
     record, retriever = train.load(model_dir, plugins)
     inputs = read_folder(model_dir)
-    d = retriever.score(torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats))
-    d = np.asarray(d.cpu().numpy() if hasattr(d, "cpu") else d, dtype=np.float32)
+    d = torch.as_tensor(retriever.score(torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats))).cpu().numpy().astype(np.float32)
     if d.shape != (len(inputs.query_feats), len(inputs.scene_feats)) or not np.isfinite(d).all():
         raise DataError(f"method {record['method']} ({record['key']}) scored a {d.shape} matrix with non-finite values or the wrong shape")
     return record, inputs, d

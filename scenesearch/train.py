@@ -77,7 +77,6 @@ def run(
     """
     entry = methods.entry(cfg, key)
     method = methods.get(entry.method)
-    section = methods.section(cfg, entry.method)
     # the rows to embed: the preprocess index, which every task has (the images input is always given)
     table = storage.read_table(Path(inputs.need("images", entry.method)) / "index.parquet")
     dst = Path(out_dir)
@@ -85,7 +84,7 @@ def run(
         dst.mkdir(parents=True, exist_ok=True)
     # the method sees the run's settings but not which classes are unseen (nor their labels: ctx.index)
     seen_only = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, unseen_classes=()))
-    ctx = methods.FitContext(entry, section, seen_only, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress)
+    ctx = methods.FitContext(entry, seen_only, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress)
     fitted = method.fit(ctx)
     emb = np.asarray(fitted.embeddings, dtype=np.float32)
     if emb.ndim != 2 or len(emb) != table.num_rows:
@@ -99,7 +98,7 @@ def run(
         "method": entry.method,
         "variant": entry.variant,
         "key": entry.key,
-        "config": dataclasses.asdict(section),
+        "config": dataclasses.asdict(entry.config),
         "plugins": list(cfg.plugins),
         "seed": cfg.seed,
         "meta": fitted.meta,

@@ -19,7 +19,7 @@ from scenesearch.errors import ConfigError
 from scenesearch.methods.base import CONSUMABLE, Entry, FitContext, Fitted, Inputs, Method, MethodConfig, Retriever
 
 __all__ = ["CONSUMABLE", "Entry", "FitContext", "Fitted", "Inputs", "Method", "MethodConfig", "Retriever",
-           "check", "entries", "entry", "get", "load_plugins", "names", "section", "shape"]
+           "check", "entries", "entry", "get", "load_plugins", "names", "shape"]
 
 _REGISTRY: dict[str, Method] = {}
 _MODULES: dict[str, str] = {}  # method name -> the module that defines it
@@ -81,16 +81,15 @@ def get(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def section(cfg, name: str) -> MethodConfig:
+def _section(cfg, method: Method) -> MethodConfig:
     """The validated config section ``methods.<name>`` of a RunConfig, as the method's dataclass.
 
     Raises:
-        ConfigError: unknown method, unknown field or bad value, naming the field.
+        ConfigError: unknown field or bad value, naming the field.
     """
     from scenesearch.config import build_section
 
-    load_plugins(cfg.plugins)
-    method = get(name)
+    name = method.name
     prefix = f"methods.{name}"
     parsed = build_section(method.config, cfg.methods.get(name) or {}, f"{prefix}.")
     parsed.validate(prefix)
@@ -98,7 +97,8 @@ def section(cfg, name: str) -> MethodConfig:
 
 
 def entries(cfg) -> list[Entry]:
-    """Every configured (method, variant): methods sorted by name, variants in their configured order.
+    """Every configured (method, variant), each with its parsed section: methods sorted by name,
+    variants in their configured order.
 
     Raises:
         ConfigError: no method configured, a bad section, or two entries with one key.
@@ -108,9 +108,10 @@ def entries(cfg) -> list[Entry]:
         raise ConfigError(f"methods must configure at least one method; known methods: {', '.join(names())}")
     out: list[Entry] = []
     for name in sorted(cfg.methods):
-        method, sec = get(name), section(cfg, name)
+        method = get(name)
+        sec = _section(cfg, method)
         for variant in method.variants(sec):
-            out.append(Entry(name, variant, variant or name, method.trains, method.serves, bool(sec.gpu), tuple(method.consumes)))
+            out.append(Entry(name, variant, variant or name, method.trains, method.serves, bool(sec.gpu), tuple(method.consumes), sec))
     keys = [e.key for e in out]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup is not None:

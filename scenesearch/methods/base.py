@@ -61,6 +61,7 @@ class Entry:
     serves: bool
     gpu: bool
     consumes: tuple[str, ...]
+    config: Any  # the method's validated section methods.<name> (its own MethodConfig dataclass)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,6 @@ class FitContext:
     from the index files of its input folders (they keep the true labels for evaluation)."""
 
     entry: Entry
-    config: Any  # the method's own config section
     run: "RunConfig"
     inputs: Inputs
     index: pa.Table  # preprocess index columns: item_id, label, domain, split, class_split, view, flip
@@ -95,6 +95,11 @@ class FitContext:
     checkpoint_dir: str
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     progress: bool = False
+
+    @property
+    def config(self) -> Any:
+        """The method's own config section (``entry.config``)."""
+        return self.entry.config
 
 
 @dataclass
