@@ -22,6 +22,11 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 WEIGHTS_CHOICES = ("none", "imagenet")  # or a path / s3:// URI to a state dict
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# Domain randomisation (scenesearch.augment): "background" composites a render onto a random
+# background through its alpha mask and "geometry" moves / scales / crops it (renders only); the
+# photometric rest also applies to query photos of the train split.
+AUGMENT_OPS = ("background", "geometry", "light", "colour", "blur", "noise", "jpeg")
+CROP_REDUCE_CHOICES = ("min", "mean")
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,17 @@ class DataConfig:
     split: str = "items"
     unseen_classes: tuple[str, ...] = ()  # zero_shot: these classes are unseen (else <root>/class_splits.csv, else the fraction)
     unseen_fraction: float = 0.25  # zero_shot: this share of the classes, drawn with the seed
+    # embedded benchmark: classes of single objects (one model per scene, like most model
+    # collections) beside the n_classes scene classes
+    n_object_classes: int = 0
+    # embedded benchmark: also write the clean, centred query renders of before as the domain
+    # photo_easy (folder easy_queries/), beside the hard photos in queries/
+    easy_queries: bool = False
 
     def validate(self) -> None:
         _positive(self, "n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class")
+        if self.n_object_classes < 0:
+            raise ConfigError(f"data.n_object_classes must be >= 0, got {self.n_object_classes}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1, got {list(self.split_fractions)}")
         _choice(self.split, ("items", "zero_shot"), "data.split")
@@ -116,6 +129,44 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Domain randomisation of training images, on the fly on the training device (scenesearch.augment)."""
+
+    ops: tuple[str, ...] = AUGMENT_OPS  # [] turns it off
+    p: float = 0.8  # chance that each op applies to an image
+    scale: tuple[float, float] = (0.45, 1.0)  # geometry: the render's new size, share of the frame
+    translate: float = 0.3  # geometry: largest shift, share of the frame side (parts may leave it)
+    rotate_deg: float = 10.0  # geometry: largest in-plane rotation
+    brightness: float = 0.4  # colour: v2.ColorJitter factors
+    contrast: float = 0.4
+    saturation: float = 0.5
+    hue: float = 0.05
+    light: float = 0.6  # light: strength of a random directional shading ramp and intensity change
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    noise_std: tuple[float, float] = (0.0, 0.06)
+    jpeg_quality: tuple[int, int] = (30, 95)
+
+    def validate(self) -> None:
+        for op in self.ops:
+            _choice(op, AUGMENT_OPS, "train.augment.ops")
+        if len(set(self.ops)) != len(self.ops):
+            raise ConfigError(f"train.augment.ops must not repeat an op, got {list(self.ops)}")
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"train.augment.p must be in [0, 1], got {self.p}")
+        _range(self.scale, "train.augment.scale", 0.05, 2.0)
+        _range(self.blur_sigma, "train.augment.blur_sigma", 0.0, 10.0)
+        _range(self.noise_std, "train.augment.noise_std", 0.0, 1.0)
+        _range(self.jpeg_quality, "train.augment.jpeg_quality", 1, 100)
+        for name in ("translate", "brightness", "contrast", "saturation", "light"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ConfigError(f"train.augment.hue must be in [0, 0.5], got {self.hue}")
+        if not 0.0 <= self.rotate_deg <= 180.0:
+            raise ConfigError(f"train.augment.rotate_deg must be in [0, 180], got {self.rotate_deg}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Shared settings of every method that trains (one DAG branch per configured method variant)."""
 
@@ -127,13 +178,33 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when the task has it, else the CPU
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16 | fp16 (grad scaler)
     checkpoint_root: str = ""  # empty: beside the model output; else <root>/<parent run id>/<key>, so a retried task resumes
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
+        self.augment.validate()
         _positive(self, "epochs", "patience", "batch_size", "lr")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _choice(self.device, DEVICE_CHOICES, "train.device")
         _choice(self.precision, PRECISION_CHOICES, "train.precision")
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    """How a query image is embedded: whole, or also as test-time crops (scenesearch.crops)."""
+
+    # each scale s < 1 adds five s-sized crops (four corners and the centre) resized to the full
+    # input; the whole image is always one of the crops. []: the whole image only
+    crop_scales: tuple[float, ...] = ()
+    crop_reduce: str = "min"  # a scene's distance to the query: min | mean over the crops
+
+    def validate(self) -> None:
+        _choice(self.crop_reduce, CROP_REDUCE_CHOICES, "retrieve.crop_reduce")
+        for s in self.crop_scales:
+            if not 0.0 < s < 1.0:
+                raise ConfigError(f"retrieve.crop_scales must hold numbers in (0, 1) (the whole image is always used), got {list(self.crop_scales)}")
+        if len(set(self.crop_scales)) != len(self.crop_scales):
+            raise ConfigError(f"retrieve.crop_scales must not repeat a scale, got {list(self.crop_scales)}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +297,7 @@ class RunConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -397,6 +469,11 @@ def _positive(cfg: Any, *names: str) -> None:
 def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got '{value}'")
+
+
+def _range(pair: tuple, name: str, lo: float, hi: float) -> None:
+    if not lo <= pair[0] <= pair[1] <= hi:
+        raise ConfigError(f"{name} must be [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
 
 
 def _unit_colour(rgb: tuple[float, ...], name: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 SCENE = "scene"
 SCENE_FOLDER = "scenes"
-QUERY_FOLDERS = {"queries": "photo", "sketches": "sketch"}  # <root>/<folder>/<class>/<name>.<png|jpg>
+QUERY_FOLDERS = {"queries": "photo", "easy_queries": "photo_easy", "sketches": "sketch"}  # <root>/<folder>/<class>/<name>.<png|jpg>
 QUERY_DOMAINS = tuple(QUERY_FOLDERS.values())
 FOLDERS = {SCENE_FOLDER: SCENE, **QUERY_FOLDERS}
 

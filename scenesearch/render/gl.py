@@ -120,19 +120,23 @@ class Renderer:
     def __repr__(self) -> str:
         return f"Renderer(size={self.size}, render_size={self.render_size})"
 
-    def render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting = Lighting()) -> np.ndarray:
+    def render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting = Lighting(), alpha: bool = False) -> np.ndarray:
         """Draw one image per camera.
 
+        Args:
+            alpha: also return each view's coverage (the share of the pixel the mesh covers,
+                0 = background, 255 = mesh), area-downsampled like the colour.
+
         Returns:
-            (len(cameras), size, size, 3) uint8.
+            (len(cameras), size, size, 3) uint8, or (..., 4) RGBA with `alpha`.
         """
         # Every GL call runs inside `with self.ctx`: another GL user in the process (pyrender, a
         # viewer) may have switched or released the current context, and drawing would then
         # silently go nowhere.
         with self.ctx:
-            return self._render(mesh, cameras, lighting)
+            return self._render(mesh, cameras, lighting, 4 if alpha else 3)
 
-    def _render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting) -> np.ndarray:
+    def _render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting, components: int) -> np.ndarray:
         import moderngl
 
         ctx = self.ctx
@@ -143,7 +147,7 @@ class Renderer:
         self.program["light_dir"].value = tuple(lighting.direction)
         self.program["ambient"].value = lighting.ambient
         self.program["diffuse"].value = lighting.diffuse
-        out = np.empty((len(cameras), self.size, self.size, 3), dtype=np.uint8)
+        out = np.empty((len(cameras), self.size, self.size, components), dtype=np.uint8)
         try:
             self.fbo.use()
             ctx.enable(moderngl.DEPTH_TEST)
@@ -153,18 +157,19 @@ class Renderer:
                 ctx.disable(moderngl.CULL_FACE)
             for i, cam in enumerate(cameras):
                 self.program["mvp"].write(view_projection(cam, centre, radius).T.tobytes())  # GL is column-major
-                self.fbo.clear(*lighting.background, 1.0, depth=1.0)
+                # alpha 0 on the background, 1 where a fragment is drawn (blending is off): the mask
+                self.fbo.clear(*lighting.background, 0.0, depth=1.0)
                 vao.render(moderngl.TRIANGLES)
-                out[i] = self._read()
+                out[i] = self._read(components)
         finally:
             vao.release()
             vbo.release()
         return out
 
-    def _read(self) -> np.ndarray:
-        s, f = self.render_size, self.render_size // self.size
-        pixels = np.frombuffer(self.fbo.read(components=3), dtype=np.uint8).reshape(s, s, 3)[::-1]  # GL rows start at the bottom
+    def _read(self, components: int = 3) -> np.ndarray:
+        s, f, c = self.render_size, self.render_size // self.size, components
+        pixels = np.frombuffer(self.fbo.read(components=c), dtype=np.uint8).reshape(s, s, c)[::-1]  # GL rows start at the bottom
         if f == 1:
             return pixels
-        # area downsampling: the mean of each f x f block
-        return pixels.reshape(self.size, f, self.size, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        # area downsampling: the mean of each f x f block (for alpha: the covered share of the block)
+        return pixels.reshape(self.size, f, self.size, f, c).mean(axis=(1, 3)).round().astype(np.uint8)
