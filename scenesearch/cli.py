@@ -174,12 +174,16 @@ def cmd_run(args) -> dict:
     cfg = _config(args)
     data_root = args.data or cfg.data.root
     t0 = time.perf_counter()
+    from scenesearch.data.generate import generate, is_current, was_generated
+
     if not storage.exists(data_root):
         if not (cfg.data.generate and args.data is None) or storage.is_remote(data_root):
             raise ScenesearchError(f"dataset root {data_root} does not exist")
-        from scenesearch.data.generate import generate
-
         print(f"generating the embedded benchmark at {data_root} ...", file=sys.stderr)
+        generate(data_root, cfg.data, cfg.seed)
+    elif cfg.data.generate and args.data is None and was_generated(data_root) and not is_current(data_root, cfg.data, cfg.seed):
+        # our own folder, from other settings or an older generator: the run must see what the config says
+        print(f"regenerating the embedded benchmark at {data_root} (made from other settings) ...", file=sys.stderr)
         generate(data_root, cfg.data, cfg.seed)
     gen_seconds = time.perf_counter() - t0
     run = run_local(cfg, data_root, args.workdir)

@@ -7,9 +7,14 @@ retriever can tell them apart; counts, sizes, positions, rotations, colours and 
 are drawn from the caller's ``numpy.random.Generator``, so scenes of one class vary while the
 same seed always gives byte-identical geometry.
 
-Conventions: metres, Y up, the ground in the XZ plane with its top at y=0, and the front of the
-scene facing +Z (indoor rooms have no front wall and no ceiling, so a camera on +Z looking
-towards -Z sees inside). Scenes span roughly 5-60 m and stay well under 30k faces.
+Object classes (`OBJECT_CLASSES`: chair, car, boat, house, ...) are single models without a ground,
+like the entries of most model collections; their builders reuse the scenes' part helpers with
+random proportions, colours and optional parts. `build_scene` builds either kind.
+
+Conventions: metres, Y up, the ground in the XZ plane with its top at y=0 (an object stands on
+y=0), and the front of the scene facing +Z (indoor rooms have no front wall and no ceiling, so a
+camera on +Z looking towards -Z sees inside). Scenes span roughly 5-60 m, objects 0.5-15 m; all
+stay well under 30k faces.
 
 Besides the builders the module writes scenes in any format the benchmark ingests (GLB, OBJ+MTL,
 PLY, STL, OFF and SketchUp .skp); reading them back is the renderer's job (scenesearch.render.mesh).
@@ -126,9 +131,13 @@ class _Group:
         offset = self.rng.integers(-spread, spread + 1, size=3)
         return tuple(int(c) for c in np.clip(np.asarray(rgb) + offset, 0, 255))
 
-    def group(self, at: Vec3 = (0.0, 0.0, 0.0), yaw: float = 0.0) -> _Group:
-        """A child frame at `at` (in this frame) turned by `yaw`."""
-        return _Group(self._scene, self._matrix @ _affine(at, _rotation(yaw)))
+    def group(self, at: Vec3 = (0.0, 0.0, 0.0), yaw: float = 0.0, scale: Vec3 = (1.0, 1.0, 1.0)) -> _Group:
+        """A child frame at `at` (in this frame) turned by `yaw` and stretched by `scale` along its axes.
+
+        A non-uniform `scale` changes an object's proportions (a wider chair, a longer car); parts
+        turned inside such a frame shear slightly, which small renders do not show.
+        """
+        return _Group(self._scene, self._matrix @ _affine(at, _rotation(yaw), scale))
 
     def add(
         self,
@@ -317,9 +326,10 @@ def _lamp_post(g: _Group, height: float = 4.5) -> None:
     g.add("box", (0.35, 0.15, 0.5), (0, height - 0.3, 1.0), g.tint((245, 235, 170), 6))
 
 
-def _bench(g: _Group) -> None:
-    """Park bench: seat, back rest and two supports; sitters face +Z."""
-    wood, metal = g.tint(_WOOD[0]), g.tint((50, 50, 55), 5)
+def _bench(g: _Group, wood: RGB | None = None, metal: RGB | None = None) -> None:
+    """Park bench: seat, back rest and two supports; sitters face +Z (default colours: tinted wood and dark metal)."""
+    wood = g.tint(_WOOD[0]) if wood is None else wood
+    metal = g.tint((50, 50, 55), 5) if metal is None else metal
     for x in (-0.7, 0.7):
         g.add("box", (0.08, 0.42, 0.45), (x, 0, 0), metal)
     g.add("box", (1.7, 0.07, 0.5), (0, 0.42, 0), wood)
@@ -940,6 +950,201 @@ def _build_farm(p: _SceneParts) -> None:
         _round_tree(p.group((x, 0, z)), rng.uniform(5.0, 8.0))
 
 
+# --------------------------------------------------------------------------------------------
+# Object builders, one per object class: a single model, no ground, standing on y=0, front +Z
+# (how most model collections store a chair or a car). Proportions, colours and optional parts
+# come from the rng, so models of one class vary like different products of one kind.
+# --------------------------------------------------------------------------------------------
+
+
+def _build_chair_object(p: _SceneParts) -> None:
+    """Dining chair: stretched frame, optional seat cushion, arm rests and top rail."""
+    rng = p.rng
+    color = _pick(p, _WOOD + _FABRIC + ((235, 235, 230), (40, 40, 45)), 15)
+    g = p.group(scale=(rng.uniform(0.85, 1.25), rng.uniform(0.85, 1.25), rng.uniform(0.85, 1.15)))
+    _chair(g, color)
+    if rng.random() < 0.5:
+        g.add("box", (0.42, 0.06, 0.4), (0, 0.5, 0.02), _pick(p, _FABRIC, 20))
+    if rng.random() < 0.4:
+        for x in (-0.24, 0.24):
+            g.add("box", (0.05, 0.04, 0.42), (x, 0.68, 0.0), color)
+            g.add("box", (0.04, 0.2, 0.04), (x, 0.48, 0.18), color)
+    if rng.random() < 0.5:
+        g.add("box", (0.52, 0.07, 0.08), (0, 1.0, -0.21), p.tint(color, 15))
+
+
+def _build_car_object(p: _SceneParts) -> None:
+    """Car: stretched body, optional roof box or spoiler, lights front and back."""
+    rng = p.rng
+    length = rng.uniform(0.85, 1.2)
+    g = p.group(scale=(rng.uniform(0.9, 1.12), length, length * rng.uniform(0.95, 1.1)))
+    color = _pick(p, _CAR_COLORS, 10)
+    _car(g, color)
+    extra = rng.random()
+    if extra < 0.3:
+        g.add("box", (1.1, 0.25, 1.5), (0, 1.51, -0.3), p.tint((30, 30, 35), 5))
+    elif extra < 0.5:
+        g.add("box", (1.7, 0.06, 0.3), (0, 1.1, -2.0), p.tint(color, 10))
+        for x in (-0.6, 0.6):
+            g.add("box", (0.06, 0.16, 0.1), (x, 0.95, -2.0), p.tint(color, 10))
+    lamp, tail = p.tint((245, 240, 200), 5), p.tint((200, 30, 30), 10)
+    for x in (-0.6, 0.6):
+        g.add("box", (0.4, 0.14, 0.04), (x, 0.7, 2.1), lamp)
+        g.add("box", (0.4, 0.14, 0.04), (x, 0.7, -2.14), tail)
+
+
+def _build_boat_object(p: _SceneParts) -> None:
+    """Motor or sailing boat, lifted so the keel stands at y=0, with an optional hull stripe."""
+    rng = p.rng
+    length = rng.uniform(5.0, 10.0)
+    color = _pick(p, ((240, 240, 235), (30, 60, 140), (170, 30, 30), (40, 90, 60), (200, 170, 60), (25, 25, 30)), 10)
+    boat = p.group((0, 0.4, 0))
+    _boat(boat, length, color)
+    if rng.random() < 0.6:
+        width = 0.35 * length
+        boat.add("box", (width + 0.04, 0.15, 0.8 * length - 0.1), (0, 0.3, -0.1 * length), _pick(p, _FABRIC + ((240, 240, 235),), 10))
+
+
+def _build_house_object(p: _SceneParts) -> None:
+    """Detached house: facade with windows, flat or gable roof, chimney, optional porch or garage."""
+    rng = p.rng
+    width, depth, height = rng.uniform(7.0, 12.0), rng.uniform(6.0, 10.0), rng.uniform(3.5, 8.5)
+    _building(p, width, depth, height, _pick(p, _FACADES, 12))
+    chimney = p.group((rng.choice([-1, 1]) * width * rng.uniform(0.15, 0.35), 0, -depth * 0.2))
+    chimney.add("box", (0.7, height + 0.25 * min(width, depth) + 1.2, 0.7), (0, 0, 0), p.tint((140, 60, 45), 10))
+    extra = rng.random()
+    if extra < 0.35:  # porch roof on two posts over the door
+        wood = p.tint((235, 235, 230), 6)
+        for x in (-1.2, 1.2):
+            p.add("box", (0.15, 2.5, 0.15), (x, 0, depth / 2 + 1.4), wood)
+        p.add("box", (3.0, 0.15, 1.7), (0, 2.5, depth / 2 + 0.75), p.tint((90, 60, 50), 10))
+    elif extra < 0.6:  # garage at one side
+        side = rng.choice([-1, 1])
+        garage = p.group((side * (width / 2 + 2.0), 0, depth / 2 - 3.0))
+        garage.add("box", (4.0, 2.8, 6.0), (0, 0, 0), p.tint(_CONCRETE, 10))
+        garage.add("box", (2.8, 2.2, 0.08), (0, 0, 3.0), p.tint((235, 235, 230), 6))
+
+
+def _build_conifer_object(p: _SceneParts) -> None:
+    """Conifer of random height and slimness."""
+    rng = p.rng
+    slim = rng.uniform(0.7, 1.4)
+    _conifer(p.group(scale=(slim, 1.0, slim)), rng.uniform(4.0, 14.0))
+
+
+def _build_table_object(p: _SceneParts) -> None:
+    """Rectangular or round pedestal table, optionally with a runner, a vase of flowers or a bowl."""
+    rng = p.rng
+    color = _pick(p, _WOOD + ((235, 235, 230), (60, 60, 65), (120, 120, 125)), 12)
+    height = rng.uniform(0.7, 0.78)
+    if rng.random() < 0.65:
+        width, depth = rng.uniform(1.0, 2.2), rng.uniform(0.6, 1.1)
+        _table(p, width, depth, color, height)
+        if rng.random() < 0.4:
+            p.add("box", (0.35, 0.01, depth + 0.06), (0, height, 0), _pick(p, _FABRIC, 20))
+    else:
+        top = rng.uniform(0.8, 1.4)
+        p.add("cylinder", (0.5 * top, 0.04, 0.5 * top), (0, 0, 0), color, detail=12)
+        p.add("cylinder", (0.1, height - 0.04, 0.1), (0, 0, 0), color, detail=8)
+        p.add("cylinder", (top, 0.04, top), (0, height - 0.04, 0), color, detail=16)
+    if rng.random() < 0.5:
+        vase = p.group((rng.uniform(-0.15, 0.15), height, rng.uniform(-0.1, 0.1)))
+        vase.add("cylinder", (0.12, 0.25, 0.12), (0, 0, 0), _pick(p, ((240, 240, 235), (40, 70, 140), (170, 90, 60)), 10), detail=8)
+        for _ in range(int(rng.integers(3, 7))):
+            vase.add("sphere", (0.07, 0.07, 0.07), (rng.uniform(-0.08, 0.08), 0.25 + rng.uniform(0, 0.1), rng.uniform(-0.08, 0.08)), _pick(p, _FLOWERS, 15))
+    elif rng.random() < 0.5:
+        p.add("sphere", (0.3, 0.1, 0.3), (rng.uniform(-0.2, 0.2), height, 0), _pick(p, ((240, 240, 235), (200, 170, 60)), 10))
+
+
+def _build_sofa_object(p: _SceneParts) -> None:
+    """Two- or three-seat sofa: base, back, arm rests, seat cushions, optional legs and pillows."""
+    rng = p.rng
+    fabric = _pick(p, _FABRIC + ((90, 90, 95), (180, 160, 130)), 18)
+    seats, seat_w = int(rng.integers(2, 4)), rng.uniform(0.55, 0.7)
+    arm_w, depth = rng.uniform(0.12, 0.25), rng.uniform(0.8, 1.0)
+    width = seats * seat_w + 2 * arm_w
+    leg = rng.uniform(0.06, 0.15) if rng.random() < 0.6 else 0.0
+    base_h, back_h, arm_h = rng.uniform(0.2, 0.3), rng.uniform(0.4, 0.6), rng.uniform(0.2, 0.35)
+    if leg:
+        wood = _pick(p, _WOOD, 8)
+        for sx in (-1, 1):
+            for sz in (-1, 1):
+                p.add("cylinder", (0.06, leg, 0.06), (sx * (width / 2 - 0.08), 0, sz * (depth / 2 - 0.08)), wood, detail=6)
+    p.add("box", (width, base_h, depth), (0, leg, 0), fabric)
+    p.add("box", (width, back_h + 0.15, 0.2), (0, leg + base_h, -depth / 2 + 0.1), fabric)
+    for side in (-1, 1):
+        p.add("box", (arm_w, arm_h + 0.15, depth), (side * (width / 2 - arm_w / 2), leg + base_h, 0), fabric)
+    cushion = p.tint(fabric, 10)
+    for i in range(seats):
+        x = -width / 2 + arm_w + (i + 0.5) * seat_w
+        p.add("box", (seat_w - 0.03, 0.15, depth - 0.25), (x, leg + base_h, 0.1), cushion)
+        if rng.random() < 0.3:
+            p.add("capsule", (0.4, 0.4, 0.14), (x, leg + base_h + 0.15, -depth / 2 + 0.3), _pick(p, _FABRIC + ((240, 240, 235),), 20), pitch=-0.2)
+
+
+def _build_street_lamp_object(p: _SceneParts) -> None:
+    """Street lamp of random height on a plinth, one or two arms."""
+    rng = p.rng
+    height = rng.uniform(3.5, 7.0)
+    p.add("box", (0.4, rng.uniform(0.3, 0.8), 0.4), (0, 0, 0), p.tint((70, 72, 75), 6))
+    _lamp_post(p, height)
+    if rng.random() < 0.4:
+        dark = p.tint((45, 48, 52), 6)
+        p.beam((0, height - 0.1, 0), (0, height - 0.1, -1.0), 0.08, dark)
+        p.add("box", (0.35, 0.15, 0.5), (0, height - 0.3, -1.0), p.tint((245, 235, 170), 6))
+
+
+def _build_bench_object(p: _SceneParts) -> None:
+    """Park bench of random length, wooden or painted, optionally with arm rests."""
+    rng = p.rng
+    length = rng.uniform(0.8, 1.4)
+    wood = _pick(p, _WOOD + ((40, 90, 60), (30, 60, 140), (170, 30, 30)), 10)
+    g = p.group(scale=(length, rng.uniform(0.9, 1.1), rng.uniform(0.9, 1.15)))
+    metal = g.tint((50, 50, 55), 5)
+    _bench(g, wood, metal)
+    if rng.random() < 0.5:
+        for x in (-0.82, 0.82):
+            g.add("box", (0.06, 0.05, 0.45), (x, 0.65, 0), metal)
+            g.add("box", (0.05, 0.2, 0.05), (x, 0.45, 0.18), metal)
+
+
+def _build_broadleaf_tree_object(p: _SceneParts) -> None:
+    """Deciduous tree: trunk and crown, sometimes with extra lumps of foliage."""
+    rng = p.rng
+    height = rng.uniform(4.0, 10.0)
+    _round_tree(p, height)
+    for _ in range(int(rng.integers(0, 4))):
+        lump = 0.3 * height * rng.uniform(0.7, 1.2)
+        angle = rng.uniform(0, 2 * math.pi)
+        at = (0.2 * height * math.sin(angle), 0.45 * height + rng.uniform(0, 0.25 * height), 0.2 * height * math.cos(angle))
+        p.add("sphere", (lump, 0.8 * lump, lump), at, _pick(p, _GREEN_LEAF, 14))
+
+
+def _build_potted_plant_object(p: _SceneParts) -> None:
+    """Potted plant: a bush or a spray of leaf blades, optional saucer and flowers."""
+    rng = p.rng
+    height = rng.uniform(0.6, 1.6)
+    if rng.random() < 0.4:
+        p.add("cylinder", (0.45 * height, 0.03 * height, 0.45 * height), (0, 0, 0), p.tint((150, 80, 55)), detail=10)
+    if rng.random() < 0.65:
+        _potted_plant(p, height)
+        crown = (0.3 * height, 0.65 * height)
+    else:
+        pot = _pick(p, ((170, 90, 60), (240, 240, 235), (40, 40, 45)), 10)
+        p.add("cylinder", (0.35 * height, 0.35 * height, 0.35 * height), (0, 0, 0), pot, detail=8)
+        green = _pick(p, _GREEN_LEAF, 12)
+        for k in range(int(rng.integers(5, 10))):
+            angle, lean = rng.uniform(0, 2 * math.pi), rng.uniform(0.2, 0.6)
+            tip = (lean * height * math.sin(angle), 0.35 * height + rng.uniform(0.4, 0.8) * height, lean * height * math.cos(angle))
+            p.beam((0, 0.3 * height, 0), tip, 0.06 * height, green, depth=0.015 * height)
+        crown = (0.3 * height, 0.9 * height)
+    if rng.random() < 0.4:
+        for _ in range(int(rng.integers(3, 8))):
+            angle = rng.uniform(0, 2 * math.pi)
+            at = (crown[0] * math.sin(angle), crown[1] + rng.uniform(-0.1, 0.15) * height, crown[0] * math.cos(angle))
+            p.add("sphere", (0.08 * height, 0.08 * height, 0.08 * height), at, _pick(p, _FLOWERS, 15))
+
+
 # The registry: one builder per class; SCENE_CLASSES follows its order.
 _BUILDERS: dict[str, Callable[[_SceneParts], None]] = {
     "bedroom": _build_bedroom,
@@ -958,11 +1163,29 @@ _BUILDERS: dict[str, Callable[[_SceneParts], None]] = {
 
 SCENE_CLASSES: tuple[str, ...] = tuple(_BUILDERS)
 
+# Object classes (single models, no ground); OBJECT_CLASSES follows this order, most distinct first.
+_OBJECT_BUILDERS: dict[str, Callable[[_SceneParts], None]] = {
+    "chair": _build_chair_object,
+    "car": _build_car_object,
+    "boat": _build_boat_object,
+    "house": _build_house_object,
+    "conifer": _build_conifer_object,
+    "table": _build_table_object,
+    "sofa": _build_sofa_object,
+    "street_lamp": _build_street_lamp_object,
+    "bench": _build_bench_object,
+    "broadleaf_tree": _build_broadleaf_tree_object,
+    "potted_plant": _build_potted_plant_object,
+}
+
+OBJECT_CLASSES: tuple[str, ...] = tuple(_OBJECT_BUILDERS)
+
 # Side information per class (the embedded benchmark's semantics.csv, for zero-shot methods): what
 # each builder above puts in its scenes. 1 = always there or dominant, a fraction = optional parts
 # (about their probability) or a minor share; ground_markings are flat painted patterns (road and
 # stall lines, tiles, rugs, paths); extent and height are typical sizes over 60 m; clutter is how
-# many separate objects a scene holds (a forest's ~100 = 1).
+# many separate objects a scene holds (a forest's ~100 = 1). An object class is one model with no
+# ground: its indoor and water say where such an object belongs, its clutter is one object's.
 CLASS_ATTRIBUTE_NAMES: tuple[str, ...] = (
     "indoor", "water", "vegetation", "buildings", "vehicles", "furniture", "seating", "tables",
     "lights", "animals", "ground_markings", "natural_ground", "extent", "height", "clutter",
@@ -981,28 +1204,41 @@ CLASS_ATTRIBUTES: dict[str, tuple[float, ...]] = {
     "parking_lot": (0.0,   0.0,  0.2,  0.2,  1.0,  0.0,  0.0,  0.0,  0.9,  0.0,  1.0,  0.0,  0.58,  0.1,   0.8),
     "stadium":     (0.0,   0.0,  0.0,  0.0,  0.0,  0.0,  1.0,  0.0,  1.0,  0.0,  1.0,  0.5,  0.87,  0.27,  0.4),
     "farm":        (0.0,   0.0,  0.7,  0.5,  0.0,  0.0,  0.0,  0.0,  0.0,  1.0,  0.3,  1.0,  0.63,  0.2,   0.5),
+    # objects
+    "chair":       (1.0,   0.0,  0.0,  0.0,  0.0,  1.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.01,  0.017, 0.01),
+    "car":         (0.0,   0.0,  0.0,  0.0,  1.0,  0.0,  0.0,  0.0,  0.3,  0.0,  0.0,  0.0,  0.08,  0.025, 0.01),
+    "boat":        (0.0,   0.3,  0.0,  0.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.13,  0.07,  0.01),
+    "house":       (0.0,   0.0,  0.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.18,  0.15,  0.02),
+    "conifer":     (0.0,   0.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.07,  0.15,  0.01),
+    "table":       (0.9,   0.0,  0.25, 0.0,  0.0,  1.0,  0.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.027, 0.013, 0.02),
+    "sofa":        (1.0,   0.0,  0.0,  0.0,  0.0,  1.0,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.033, 0.014, 0.01),
+    "street_lamp": (0.0,   0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  1.0,  0.0,  0.0,  0.0,  0.02,  0.09,  0.01),
+    "bench":       (0.1,   0.0,  0.0,  0.0,  0.0,  0.5,  1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.03,  0.015, 0.01),
+    "broadleaf_tree": (0.0, 0.0, 1.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.07,  0.12,  0.01),
+    "potted_plant": (0.8,  0.0,  1.0,  0.0,  0.0,  0.3,  0.0,  0.0,  0.0,  0.0,  0.0,  0.0,  0.012, 0.018, 0.01),
 }  # fmt: skip
 
 
 def build_scene(label: str, rng: np.random.Generator) -> trimesh.Trimesh:
-    """Build one procedural scene of class `label`.
+    """Build one procedural scene of a scene class, or one model of an object class.
 
     Args:
-        label: one of SCENE_CLASSES.
+        label: one of SCENE_CLASSES or OBJECT_CLASSES.
         rng: the only source of variation; the same generator state gives byte-identical
             vertices, faces and colours.
 
     Returns:
-        One triangle mesh (Y up, metres, ground top at y=0, front towards +Z) made of many
-        primitive parts, with uint8 RGBA per-face colours in ``mesh.visual.face_colors``.
-        Vertices are not merged, so each part stays a closed primitive.
+        One triangle mesh (Y up, metres, front towards +Z) made of primitive parts, with uint8
+        RGBA per-face colours in ``mesh.visual.face_colors``: a scene's ground top is at y=0; an
+        object has no ground and stands on y=0. Vertices are not merged, so each part stays a
+        closed primitive.
 
     Raises:
-        ValueError: `label` is not a known scene class (the message lists SCENE_CLASSES).
+        ValueError: `label` is not a known class (the message lists SCENE_CLASSES and OBJECT_CLASSES).
     """
-    builder = _BUILDERS.get(label)
+    builder = _BUILDERS.get(label) or _OBJECT_BUILDERS.get(label)
     if builder is None:
-        raise ValueError(f"unknown scene class {label!r}; expected one of: {', '.join(SCENE_CLASSES)}")
+        raise ValueError(f"unknown class {label!r}; expected a scene class ({', '.join(SCENE_CLASSES)}) or an object class ({', '.join(OBJECT_CLASSES)})")
     parts = _SceneParts(rng)
     builder(parts)
     return parts.to_mesh()

@@ -102,7 +102,7 @@ def test_bad_files_are_rejected_with_reasons_and_good_ones_kept(messy, tmp_path)
         "queries/blue/photo.gif": "unsupported image extension '.gif'",
         "scenes/onlyscenes/a.glb": "class 'onlyscenes' has no queries",
         "queries/onlyqueries/a.png": "class 'onlyqueries' has no scenes",
-        "stray.bin": "is outside the folders scenes/, queries/, sketches/",
+        "stray.bin": "is outside the folders scenes/, queries/, easy_queries/, sketches/",
     }
     assert set(reasons) == set(expected)
     for rel, fragment in expected.items():
@@ -262,9 +262,10 @@ def test_a_class_with_only_sketches_and_scenes_is_kept(tmp_path):
 
 
 def test_photo_only_splits_are_unchanged(smoke_dataset, smoke_cfg, tmp_path):
-    """The smoke benchmark's fingerprint (ids, checksums, labels, splits) as recorded before sketches and zero-shot splits."""
+    """The smoke benchmark's fingerprint (ids, checksums, labels, splits), re-recorded when the hard query photos
+    came in: a change to the split rules or to the item ids must show up here, not go unnoticed."""
     result = ingest.run(str(smoke_dataset), str(tmp_path / "m"), smoke_cfg.data, smoke_cfg.seed)
-    assert result.fingerprint == "6b22e4543ea94b6a"
+    assert result.fingerprint == "83ae39f0ed4194ba"
     assert result.n_unseen_classes == 0 and result.metrics()["n_unseen_classes"] == 0
 
 

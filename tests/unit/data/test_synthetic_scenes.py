@@ -1,5 +1,5 @@
-"""Procedural scenes: every class builds a sane coloured mesh, deterministically, distinct from the
-other classes, and survives a write/read round trip in every format the benchmark uses."""
+"""Procedural scenes and objects: every class builds a sane coloured mesh, deterministically, distinct
+from the other classes, and survives a write/read round trip in every format the benchmark uses."""
 
 import itertools
 import os
@@ -22,6 +22,11 @@ def _scene(label: str, seed: int = 0) -> trimesh.Trimesh:
 @pytest.fixture(scope="module")
 def scenes() -> dict[str, trimesh.Trimesh]:
     return {label: _scene(label) for label in ss.SCENE_CLASSES}
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[str, trimesh.Trimesh]:
+    return {label: _scene(label) for label in ss.OBJECT_CLASSES}
 
 
 def _face_colours(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -64,7 +69,60 @@ def test_every_class_builds_a_coloured_grounded_mesh(label, scenes):
     assert -2.0 < mesh.bounds[0][1] < 0.0 < mesh.bounds[1][1]
 
 
-@pytest.mark.parametrize("label", ss.SCENE_CLASSES)
+def test_there_are_at_least_eight_object_classes_apart_from_the_scene_classes():
+    assert len(ss.OBJECT_CLASSES) >= 8
+    assert len(set(ss.OBJECT_CLASSES)) == len(ss.OBJECT_CLASSES)
+    assert not set(ss.OBJECT_CLASSES) & set(ss.SCENE_CLASSES)
+
+
+@pytest.mark.parametrize("label", ss.OBJECT_CLASSES)
+def test_every_object_class_builds_one_coloured_model_without_ground(label, objects):
+    mesh = objects[label]
+    assert isinstance(mesh, trimesh.Trimesh) and mesh.visual.kind == "face"
+    assert 20 < len(mesh.faces) < 30_000
+    assert np.isfinite(mesh.vertices).all() and (mesh.area_faces > 1e-8).all()
+    colours = np.asarray(mesh.visual.face_colors)
+    assert colours.shape == (len(mesh.faces), 4) and colours.dtype == np.uint8
+    # It stands on y=0 with nothing below, and it is an object, not a site: no slab, at most ~15 m.
+    assert mesh.bounds[0][1] == pytest.approx(0.0, abs=1e-6)
+    assert 0.3 < mesh.extents.max() < 16.0
+    assert not (np.isclose(mesh.vertices[:, 1], -ss._GROUND_THICKNESS)).any()
+
+
+@pytest.mark.parametrize("label", ss.OBJECT_CLASSES)
+def test_object_models_of_a_class_vary_in_proportions(label):
+    proportions = [m.extents / m.extents.max() for m in (_scene(label, seed) for seed in range(4))]
+    assert np.ptp(np.array(proportions), axis=0).max() > 0.02
+
+
+def test_object_classes_differ_in_mean_colour_or_proportions(objects):
+    """Size says little about an object framed alone, so compare its proportions instead."""
+    signature = {label: (np.asarray(m.visual.face_colors)[:, :3].mean(axis=0), m.extents / m.extents.max()) for label, m in objects.items()}
+    alike = [
+        (a, b)
+        for a, b in itertools.combinations(ss.OBJECT_CLASSES, 2)
+        if np.abs(signature[a][0] - signature[b][0]).max() < 10 and np.abs(signature[a][1] - signature[b][1]).max() < 0.1
+    ]
+    assert not alike
+
+
+@pytest.mark.parametrize("extension", [".obj", ".glb", ".ply", ".off", ".stl"])
+def test_object_files_load_upright_in_every_object_format(tmp_path, extension):
+    """No object file may look like a Z-up floor plan to ``render.up_axis: auto`` (it would be laid on its side)."""
+    from scenesearch.render import detect_up_axis
+
+    for label in ss.OBJECT_CLASSES:
+        for seed in range(3):
+            mesh = _scene(label, seed)
+            path = tmp_path / f"{label}_{seed}{extension}"
+            ss.write_scene(mesh, path)
+            loaded = load_mesh(path)
+            assert len(loaded.positions) == 3 * len(mesh.faces)
+            np.testing.assert_allclose(loaded.positions.min(0), mesh.bounds[0], atol=1e-4)
+            assert detect_up_axis(loaded, path.name) == "y", (label, seed)
+
+
+@pytest.mark.parametrize("label", ss.SCENE_CLASSES + ss.OBJECT_CLASSES)
 def test_same_seed_gives_byte_identical_geometry(label):
     first, second = _scene(label, seed=7), _scene(label, seed=7)
     assert first.vertices.tobytes() == second.vertices.tobytes()
@@ -72,7 +130,7 @@ def test_same_seed_gives_byte_identical_geometry(label):
     assert np.asarray(first.visual.face_colors).tobytes() == np.asarray(second.visual.face_colors).tobytes()
 
 
-@pytest.mark.parametrize("label", ss.SCENE_CLASSES)
+@pytest.mark.parametrize("label", ss.SCENE_CLASSES + ss.OBJECT_CLASSES)
 def test_different_seeds_give_different_scenes(label):
     first, second = _scene(label, seed=0), _scene(label, seed=1)
     same_shape = first.vertices.shape == second.vertices.shape
@@ -84,7 +142,7 @@ def test_unknown_label_is_named_with_the_valid_ones():
         ss.build_scene("spaceship", np.random.default_rng(0))
     message = str(error.value)
     assert "spaceship" in message
-    assert all(label in message for label in ss.SCENE_CLASSES)
+    assert all(label in message for label in ss.SCENE_CLASSES + ss.OBJECT_CLASSES)
 
 
 def test_classes_differ_in_mean_colour_or_size(scenes):
