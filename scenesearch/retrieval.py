@@ -1,7 +1,9 @@
 """The retrieve step: a (queries x scenes) distance matrix per configured method and variant.
 
 Reads the model folders of the train step (scenesearch.train), loads each method through the
-registry and lets it score its own embeddings: queries against every scene's views. Writes
+registry and lets it score its own embeddings: queries against every scene's views (and, when the
+train step embedded test-time query crops, each crop, a scene keeping its min or mean distance over
+them: `scenesearch.crops`). Writes
 ``distances_<key>.npy`` (Q, S) float32 per entry, plus ``queries.parquet`` and ``scenes.parquet``
 (the row and column order of the matrices: item_id, label, split, domain, class_split).
 """
@@ -15,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from scenesearch import storage
+from scenesearch.crops import n_crops, score_crops
 from scenesearch.errors import DataError
 from scenesearch.gallery import RetrievalInputs, read_folder
 
@@ -30,17 +33,51 @@ class RetrieveResult:
 
 
 def score_folder(model_dir: str | Path, plugins: tuple[str, ...] = ()) -> tuple[dict, RetrievalInputs, np.ndarray]:
-    """(method.json, arranged embeddings, (Q, S) distances) of one model folder."""
+    """(method.json, arranged embeddings, (Q, S) distances) of one model folder.
+
+    The query crops of ``query_crops.npy`` are scored when method.json records crop scales (a
+    folder trained without them scores its whole-image embeddings only, as before).
+
+    Raises:
+        DataError: the recorded crops are missing or do not match the queries, or the method
+            scored a matrix of the wrong shape or with non-finite values.
+    """
     import torch
 
     from scenesearch import train
 
     record, retriever = train.load(model_dir, plugins)
     inputs = read_folder(model_dir)
-    d = torch.as_tensor(retriever.score(torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats))).cpu().numpy().astype(np.float32)
+    queries, gallery = torch.from_numpy(inputs.query_feats), torch.from_numpy(inputs.scene_feats)
+    retrieve = record.get("retrieve") or {}
+    scales = retrieve.get("crop_scales") or []
+    if scales:
+        others = torch.from_numpy(read_query_crops(model_dir, scales, inputs.query_feats.shape))
+        d = score_crops(retriever, torch.cat([queries[None], others]), gallery, retrieve["crop_reduce"])
+    else:
+        d = torch.as_tensor(retriever.score(queries, gallery))
+    d = d.cpu().numpy().astype(np.float32)
     if d.shape != (len(inputs.query_feats), len(inputs.scene_feats)) or not np.isfinite(d).all():
         raise DataError(f"method {record['method']} ({record['key']}) scored a {d.shape} matrix with non-finite values or the wrong shape")
     return record, inputs, d
+
+
+def read_query_crops(model_dir: str | Path, scales: list[float], query_shape: tuple[int, int]) -> np.ndarray:
+    """``query_crops.npy`` of a model folder, (C - 1, Q, d), checked against its queries.
+
+    Raises:
+        DataError: the file is missing or has another shape than the scales and the queries ask for.
+    """
+    from scenesearch import train
+
+    path = Path(model_dir) / train.CROPS_FILE
+    if not storage.exists(path):
+        raise DataError(f"{model_dir} records query crops but holds no {train.CROPS_FILE}; rerun `scenesearch train`")
+    x = storage.read_array(path)
+    expected = (n_crops(scales) - 1, *query_shape)
+    if x.shape != expected:
+        raise DataError(f"{path} holds {x.shape} crop embeddings, expected {expected} (crops x queries x dim); rerun `scenesearch train`")
+    return x.astype(np.float32, copy=False)
 
 
 def run(model_dirs: list[str], out_dir: str, plugins: tuple[str, ...] = ()) -> RetrieveResult:

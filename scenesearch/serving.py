@@ -6,7 +6,8 @@ One logged MLflow model per (method, variant) holds
 - the scenesearch package (and any plugin module) as code,
 and a ``python_function`` flavour (`SceneRetrievalModel`, the same class for every method) whose
 ``predict`` takes a batch of RGB uint8 images (B, H, W, 3) of any size, preprocesses them as the
-pipeline does, lets the method embed and score them, and returns one row per (query, rank):
+pipeline does, lets the method embed and score them (whole, and as the test-time crops recorded
+in method.json: `scenesearch.crops`), and returns one row per (query, rank):
 scene id, class, distance. It loads with ``mlflow.pyfunc.load_model("models:/scenesearch@champion")``
 and serves with ``mlflow models serve --env-manager local``.
 """
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent  # scenesearch/, shipped with the model as code
 SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyarrow", "scikit-learn", "pyyaml")
 # What the train step writes that serving does not need (the gallery is rebuilt as gallery.npz)
-NOT_SERVED = ("embeddings.npy", "index.parquet", "checkpoint", "mlflow.json", "history.json")
+NOT_SERVED = ("embeddings.npy", "index.parquet", "checkpoint", "mlflow.json", "history.json", "query_crops.npy")
+CROP_BATCH = 256  # crops per embed call when a query is also embedded as crops
 
 
 def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
@@ -67,18 +69,21 @@ class SceneRetrievalModel(PythonModel):
         self.scene_ids, self.labels = g["scene_ids"].tolist(), g["labels"].tolist()
         self.gallery = torch.from_numpy(g["embeddings"])
         self.default_top_k = int(record.get("top_k", 10))
+        retrieve = record.get("retrieve") or {}  # absent in folders trained before test-time crops: none
+        self.crop_scales, self.crop_reduce = tuple(retrieve.get("crop_scales") or ()), retrieve.get("crop_reduce", "min")
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
         import torch
 
+        from scenesearch.crops import score_with_crops
         from scenesearch.preprocess import preprocess_images
 
         images = _as_images(model_input)
         top_k = min(int((params or {}).get("top_k") or self.default_top_k), len(self.scene_ids))
         x = preprocess_images(list(images), self.retriever.image_size, flips=False)
         with torch.inference_mode():
-            d = torch.as_tensor(self.retriever.score(self.retriever.embed(x), self.gallery))
+            d = score_with_crops(self.retriever, x, self.gallery, self.crop_scales, self.crop_reduce, CROP_BATCH)
         dist, idx = torch.topk(d, top_k, dim=1, largest=False, sorted=True)
         rows = [
             {"query": qi, "rank": r + 1, "scene_id": self.scene_ids[j], "label": self.labels[j], "distance": float(dist[qi, r])}

@@ -7,6 +7,9 @@ Every method goes through here, whether it learns weights (CVAE-M2) or only prep
 - ``embeddings.npy`` (N, d) float32: the method's embedding of every index row
 - ``index.parquet`` the rows of ``embeddings.npy`` (the preprocess index)
 - ``history.json``  per-epoch metrics (empty for methods that do not train)
+- ``query_crops.npy`` (C - 1, Q, d) float32, only with ``retrieve.crop_scales`` and a method that
+  embeds query images (it ``serves``): crops 1..C-1 of every query (`scenesearch.crops`), in the
+  query order of `scenesearch.gallery.arrange`; crop 0 is the query's row of ``embeddings.npy``
 - the method's own files (network.pt, pca.npz, ...) and, for training methods, ``checkpoint/``
 
 `scenesearch.retrieval` scores from these folders, `scenesearch.serving` logs them as MLflow
@@ -25,12 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scenesearch import methods, storage
+from scenesearch import crops, methods, storage
 from scenesearch.config import RunConfig
 from scenesearch.domains import UNSEEN
 from scenesearch.errors import DataError
+from scenesearch.gallery import arrange
 
 METHOD_FILE = "method.json"
+CROPS_FILE = "query_crops.npy"
 
 
 @dataclass
@@ -102,9 +107,44 @@ def run(
         "plugins": list(cfg.plugins),
         "seed": cfg.seed,
         "meta": fitted.meta,
+        # the crops retrieval and serving apply: none for a method that cannot embed a query image
+        "retrieve": {"crop_scales": list(cfg.retrieve.crop_scales) if entry.serves else [], "crop_reduce": cfg.retrieve.crop_reduce},
     }
     storage.write_bytes(dst / METHOD_FILE, json.dumps(record, indent=2, default=str).encode())
-    return TrainResult(entry, str(dst), dict(fitted.metrics), dict(fitted.params))
+    metrics = dict(fitted.metrics)
+    if cfg.retrieve.crop_scales:
+        metrics["n_query_crops"] = crops.n_crops(record["retrieve"]["crop_scales"])
+        if record["retrieve"]["crop_scales"]:
+            embed_query_crops(dst, inputs.images, table.to_pydict(), emb.shape[1], cfg.train.batch_size)
+    return TrainResult(entry, str(dst), metrics, dict(fitted.params))
+
+
+def query_rows(index: dict) -> np.ndarray:
+    """The index rows of the queries, in the order `arrange` gives them (row i of its query_feats)."""
+    n = len(index["item_id"])
+    return arrange(np.arange(n).reshape(n, 1), index).query_feats[:, 0]
+
+
+def embed_query_crops(model_dir: Path, images_dir: str, index: dict, dim: int, batch_size: int) -> None:
+    """Write ``query_crops.npy``: the crops 1..C-1 of every query image, embedded by the method
+    reloaded from its model folder (as serving embeds them) with the folder's crop settings.
+
+    Raises:
+        DataError: the images do not match the index, or the method's embed has another width
+            than its embeddings.
+    """
+    import torch
+
+    record, retriever = load(model_dir)
+    images = storage.read_array(Path(images_dir) / "images.npy", mmap=True)
+    if len(images) != len(index["item_id"]):
+        raise DataError(f"{images_dir}/images.npy has {len(images)} rows for {len(index['item_id'])} index rows; rerun preprocess")
+    x = torch.from_numpy(np.ascontiguousarray(images[query_rows(index)], dtype=np.float32))  # (Q, 3, H, W)
+    with torch.inference_mode():
+        out = crops.embed_crops(retriever, x, record["retrieve"]["crop_scales"], batch_size, whole=False).numpy().astype(np.float32)
+    if out.shape[2] != dim or not np.isfinite(out).all():
+        raise DataError(f"method {record['method']} embedded query crops as {out.shape} (non-finite or not {dim} wide like its embeddings)")
+    storage.write_array(model_dir / CROPS_FILE, out)
 
 
 def read_record(model_dir: str | Path) -> dict:

@@ -30,3 +30,15 @@ def test_arrange_groups_views_per_scene():
     assert r.queries["domain"] == ["photo"] and r.queries["class_split"] == ["seen"]  # absent column: every class seen
     with pytest.raises(DataError, match="retrieval needs queries and scenes"):
         arrange(feats[:4], {k: v[:4] for k, v in index.items()})
+
+
+def test_recorded_query_crops_must_be_there_and_match_the_queries(tmp_path):
+    from scenesearch import storage
+    from scenesearch.retrieval import read_query_crops
+
+    with pytest.raises(DataError, match="records query crops but holds no query_crops.npy"):
+        read_query_crops(tmp_path, [0.5], (3, 4))
+    storage.write_array(tmp_path / "query_crops.npy", np.zeros((5, 2, 4), np.float32))  # 2 queries, not 3
+    with pytest.raises(DataError, match=r"holds \(5, 2, 4\) crop embeddings, expected \(5, 3, 4\)"):
+        read_query_crops(tmp_path, [0.5], (3, 4))
+    assert read_query_crops(tmp_path, [0.5], (2, 4)).shape == (5, 2, 4)
