@@ -19,7 +19,8 @@ import yaml
 from scenesearch.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
-WEIGHTS_CHOICES = ("none", "imagenet")  # or a path / s3:// URI to a state dict
+# or a path / s3:// URI to a state dict; selfsup: trained by the features step itself (features.selfsup)
+WEIGHTS_CHOICES = ("none", "imagenet", "selfsup")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 # Domain randomisation (scenesearch.augment): "background" composites a render onto a random
@@ -97,16 +98,47 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class SelfSupConfig:
+    """Contrastive (SimCLR, NT-Xent) pretraining of the VGG16 backbone on the dataset's own images,
+    without labels, for ``features.weights: selfsup`` (scenesearch.features.selfsup)."""
+
+    epochs: int = 12
+    batch_size: int = 64  # images per step; each brings two views, the other 2 * (batch - 1) views are its negatives
+    lr: float = 3e-4  # Adam
+    weight_decay: float = 1e-6
+    temperature: float = 0.2  # of the NT-Xent softmax
+    projection_dim: int = 128  # output of the projection head on GAP(conv5_3) (dropped after training)
+    hidden_dim: int = 512  # of the projection head
+    input_size: int = 32  # training input side; the descriptors are still extracted at features.input_size
+    max_images: int = 0  # train on at most this many images (a seeded sample); 0: all of them
+
+    def validate(self) -> None:
+        for name in ("epochs", "lr", "temperature", "projection_dim", "hidden_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"features.selfsup.{name} must be > 0, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ConfigError(f"features.selfsup.batch_size must be >= 2 (NT-Xent needs negatives), got {self.batch_size}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"features.selfsup.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.input_size < 32:
+            raise ConfigError(f"features.selfsup.input_size must be >= 32 (VGG16 pools five times), got {self.input_size}")
+        if self.max_images < 0 or self.max_images == 1:
+            raise ConfigError(f"features.selfsup.max_images must be 0 (all) or >= 2, got {self.max_images}")
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     """VGG16 multi-layer descriptor [fc7, GAP(conv5_3), GAP(conv4_3), GAP(conv3_3)] + PCA."""
 
-    weights: str = "none"  # none | imagenet | a state-dict path or s3:// URI
+    weights: str = "none"  # none | imagenet | selfsup (trained here first, see selfsup) | a state-dict path or s3:// URI
     input_size: int = 64  # VGG input side; 224 is the ImageNet size, ~8x slower on a CPU
     batch_size: int = 32
     device: str = "auto"
     pca_dim: int = 128
+    selfsup: SelfSupConfig = field(default_factory=SelfSupConfig)  # used with weights: selfsup only
 
     def validate(self) -> None:
+        self.selfsup.validate()
         _positive(self, "input_size", "batch_size", "pca_dim")
         if self.input_size < 32:
             raise ConfigError(f"features.input_size must be >= 32 (VGG16 pools five times), got {self.input_size}")
@@ -193,7 +225,7 @@ class TrainConfig:
 class RetrieveConfig:
     """How a query image is embedded: whole, or also as test-time crops (scenesearch.crops)."""
 
-    # each scale s < 1 adds five s-sized crops (four corners and the centre) resized to the full
+    # each scale s in [0.5, 1) adds five s-sized crops (four corners and the centre) resized to the full
     # input; the whole image is always one of the crops. []: the whole image only
     crop_scales: tuple[float, ...] = ()
     crop_reduce: str = "min"  # a scene's distance to the query: min | mean over the crops
@@ -201,8 +233,9 @@ class RetrieveConfig:
     def validate(self) -> None:
         _choice(self.crop_reduce, CROP_REDUCE_CHOICES, "retrieve.crop_reduce")
         for s in self.crop_scales:
-            if not 0.0 < s < 1.0:
-                raise ConfigError(f"retrieve.crop_scales must hold numbers in (0, 1) (the whole image is always used), got {list(self.crop_scales)}")
+            # below 0.5 the five crops leave bands uncovered between the corners
+            if not 0.5 <= s < 1.0:
+                raise ConfigError(f"retrieve.crop_scales must hold numbers in [0.5, 1) (the whole image is always used), got {list(self.crop_scales)}")
         if len(set(self.crop_scales)) != len(self.crop_scales):
             raise ConfigError(f"retrieve.crop_scales must not repeat a scale, got {list(self.crop_scales)}")
 
