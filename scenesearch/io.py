@@ -1,4 +1,4 @@
-"""Item I/O shared by every step: decoding image bytes and the rejects table.
+"""Item I/O shared by every step: decoding image and mask bytes, and the rejects table.
 
 A bad item never stops a step: it becomes one row (uri, reason) of ``rejected.parquet``.
 """
@@ -46,6 +46,24 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ItemError(f"{name}: the image cannot be decoded ({e})") from None
 
+
+def decode_mask(name: str, data: bytes) -> np.ndarray:
+    """Decode a mask PNG (the render step's ``mask`` column) to (H, W) uint8: 0 background .. 255 covered.
+
+    Raises:
+        ItemError: empty, truncated or undecodable bytes.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ItemError(f"{name}: the mask is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.array(im.convert("L"))
+    except UnidentifiedImageError:
+        raise ItemError(f"{name}: the mask cannot be decoded (unknown or corrupt image format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ItemError(f"{name}: the mask cannot be decoded ({e})") from None
 
 
 def write_rejected(path: str | os.PathLike, rejected: list[tuple[str, str]]) -> None:

@@ -1,9 +1,14 @@
 """Preprocessing: 64x64, values in [0, 1], horizontal flips; one function for renders and query images.
 
-The step writes ``images.npy`` (N, 3, size, size) float32 and ``index.parquet`` with one row per
-image: item_id, label, domain, split, class_split, view (-1 for query images), flip. Row i of the
-index describes image i: first every render, then the query images of every domain (photo,
-sketch) in manifest order, each followed by its flip.
+The step writes ``images.npy`` (N, 3, size, size) float32, ``masks.npy`` (N, 1, size, size) uint8
+and ``index.parquet`` with one row per image: item_id, label, domain, split, class_split, view (-1
+for query images), flip. Row i of the index describes image i and mask i: first every render,
+then the query images of every domain (photo, sketch) in manifest order, each followed by its flip.
+
+A render's mask is its coverage from the render step (0 background .. 255 scene), resized and
+flipped exactly like its image; it is what training composites new backgrounds through
+(`scenesearch.augment`). A query image's mask is 255 everywhere (a photo is all foreground:
+nothing to composite), and so is a render's from a views.parquet of before masks.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 from scenesearch import storage
 from scenesearch.config import PreprocessConfig
 from scenesearch.domains import SCENE, SEEN
-from scenesearch.io import decode_image, write_rejected
+from scenesearch.io import decode_image, decode_mask, write_rejected
 from scenesearch.errors import DataError, ItemError
 
 INDEX_SCHEMA = pa.schema(
@@ -62,6 +67,26 @@ def preprocess_images(images: list[np.ndarray], size: int = 64, flips: bool = Tr
     return torch.stack(out) if out else torch.empty((0, 3, size, size))
 
 
+def preprocess_masks(masks: list[np.ndarray | None], size: int = 64, flips: bool = True) -> np.ndarray:
+    """Resize masks exactly as `preprocess_images` resizes images; with flips, each followed by its mirror.
+
+    Args:
+        masks: (H, W) uint8 arrays of any size, or None for an image without a mask (all 255).
+        size: output side.
+        flips: append the horizontal flip of each mask right after it.
+
+    Returns:
+        (len(masks) * (2 if flips else 1), 1, size, size) uint8.
+    """
+    per = 2 if flips else 1
+    out = np.full((len(masks) * per, 1, size, size), 255, dtype=np.uint8)
+    for i, m in enumerate(masks):
+        if m is not None:
+            x = to_uint8(preprocess_images([m[..., None]], size, flips).numpy())  # the images' own resize, one channel
+            out[i * per : (i + 1) * per] = x
+    return out
+
+
 @dataclass(frozen=True)
 class PreprocessResult:
     n_images: int
@@ -82,7 +107,7 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
     Args:
         manifest_dir: the ingest output (manifest.parquet).
         views_dir: the render output (views.parquet).
-        out_dir: where images.npy, index.parquet and rejected.parquet go.
+        out_dir: where images.npy, masks.npy, index.parquet and rejected.parquet go.
         cfg: output size and flips.
 
     Returns:
@@ -93,20 +118,22 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
     """
     manifest = {r["item_id"]: r for r in storage.read_table(Path(manifest_dir) / "manifest.parquet").to_pylist()}
     views = storage.read_table(Path(views_dir) / "views.parquet").to_pylist()
-    sources: list[tuple[dict, int, np.ndarray]] = []
+    sources: list[tuple[dict, int, np.ndarray, np.ndarray | None]] = []  # (manifest row, view, image, mask)
     rejected = []
     for v in views:
-        sources.append((manifest[v["item_id"]], v["view"], decode_image(v["item_id"], v["png"])))
+        mask = decode_mask(v["item_id"], v["mask"]) if v.get("mask") is not None else None  # views of before masks: None
+        sources.append((manifest[v["item_id"]], v["view"], decode_image(v["item_id"], v["png"]), mask))
     for r in manifest.values():
         if r["domain"] == SCENE:
             continue
         try:
-            sources.append((r, -1, decode_image(r["item_id"], storage.read_bytes(r["uri"]))))
+            sources.append((r, -1, decode_image(r["item_id"], storage.read_bytes(r["uri"])), None))
         except (ItemError, DataError) as e:
             rejected.append((r["uri"], str(e)))
     if not sources:
         raise DataError("nothing to preprocess: no rendered view and no readable query image")
     images = preprocess_images([s[2] for s in sources], cfg.size, cfg.flips).numpy()
+    masks = preprocess_masks([s[3] for s in sources], cfg.size, cfg.flips)
     flips = (False, True) if cfg.flips else (False,)
     index = [
         {
@@ -118,10 +145,11 @@ def run(manifest_dir: str, views_dir: str, out_dir: str, cfg: PreprocessConfig) 
             "view": view,
             "flip": f,
         }
-        for r, view, _ in sources
+        for r, view, _, _ in sources
         for f in flips
     ]
     storage.write_array(Path(out_dir) / "images.npy", images)
+    storage.write_array(Path(out_dir) / "masks.npy", masks)
     storage.write_table(Path(out_dir) / "index.parquet", pa.Table.from_pylist(index, schema=INDEX_SCHEMA))
     write_rejected(Path(out_dir) / "rejected.parquet", rejected)
     return PreprocessResult(len(index), len(rejected))

@@ -4,6 +4,9 @@ et al., SHREC 2019). Variants are the networks of `scenesearch.models` (cvae1..c
 fit: train the variant on the unflipped train-split images (scene renders and query images, with
 labels; flips drawn on the fly), optionally the val/test images without labels (the M2 unlabelled
 objective), early stopping on the validation mAP; checkpoint every epoch under ctx.checkpoint_dir.
+With ``train.augment`` the training batches are domain-randomised (`scenesearch.augment`): renders
+composited onto new backgrounds through the preprocess step's masks.npy, moved and relit, query
+images relit; validation and the embeddings use the clean images.
 Embedding of an image: the encoder's [mu | logvar | logits] (2d + C).
 Score: D(x*, S) = min over the renders r of S of H_s(q(z|x*), q(z|x_r)) + alpha * H_s(q(y|x*), q(y|x_r)).
 
@@ -129,11 +132,19 @@ def split_encodings(enc: torch.Tensor, latent: int) -> tuple[torch.Tensor, torch
 # training
 # --------------------------------------------------------------------------------------------
 
-def training_data(images: np.ndarray, index: dict, unlabelled: bool = False):
+def training_data(
+    images: np.ndarray,
+    index: dict,
+    unlabelled: bool = False,
+    masks: np.ndarray | None = None,
+    render_background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+):
     """Unflipped train-split images as uint8 with class ids; val/test images unlabelled if asked.
 
     Only train rows are read with their labels (test labels never enter the training set, nor do
     unseen classes of a zero-shot split: they are never in the train split). Unlabelled rows get -1.
+    Each row also carries its mask (row i of `masks`, the preprocess step's masks.npy; None: all
+    255) and whether it is a scene render (the index domain), for augmentation.
 
     Returns:
         (TrainData, classes): classes sorted, class id i is classes[i].
@@ -156,10 +167,16 @@ def training_data(images: np.ndarray, index: dict, unlabelled: bool = False):
         extra = np.flatnonzero(np.isin(split, ["val", "test"]) & ~flip)
         rows += list(extra)
         ids += [-1] * len(extra)
-    x = np.asarray(images[np.asarray(rows)])
+    rows = np.asarray(rows)
+    x = np.asarray(images[rows])
     if not np.isfinite(x).all():
         raise DataError("the preprocessed images hold NaN or infinite pixels")
-    return TrainData(torch.from_numpy(to_uint8(x)), torch.tensor(ids, dtype=torch.long)), classes
+    if masks is not None and len(masks) != len(images):
+        raise DataError(f"masks.npy has {len(masks)} rows for {len(images)} images; rerun preprocess")
+    m = torch.from_numpy(np.array(masks[rows], dtype=np.uint8)) if masks is not None else None
+    is_render = torch.from_numpy(np.asarray(index["domain"])[rows] == SCENE)
+    data = TrainData(torch.from_numpy(to_uint8(x)), torch.tensor(ids, dtype=torch.long), m, is_render, tuple(render_background))
+    return data, classes
 
 
 def encode_all(model, images: np.ndarray, batch_size: int = 256, device="cpu") -> np.ndarray:
@@ -209,15 +226,19 @@ def fit(ctx: FitContext) -> Fitted:
     from scenesearch.models.train import config_hash, train
 
     c, run, arch = ctx.config, ctx.run, ctx.entry.variant
-    images = storage.read_array(Path(ctx.inputs.need("images", "cvae_m2")) / "images.npy", mmap=True)
+    src = Path(ctx.inputs.need("images", "cvae_m2"))
+    images = storage.read_array(src / "images.npy", mmap=True)
+    # masks.npy is read only when augmenting; a preprocess output of before has none (masks of 255)
+    masks = storage.read_array(src / "masks.npy", mmap=True) if run.train.augment.ops and storage.exists(src / "masks.npy") else None
     index = ctx.index.to_pydict()
-    data, classes = training_data(images, index, c.unlabelled)
+    data, classes = training_data(images, index, c.unlabelled, masks, tuple(run.render.background))
     model = build_model(arch, len(classes), int(images.shape[-1]), c.decoder_variance, run.features.weights, run.seed)
     device = resolve_device(run.train.device, "train.device")
     validate = make_validator(images, index, classes, model.latent, c.alpha, run.evaluate.k, device)
     has_val_queries = bool(np.any((np.asarray(index["split"]) == "val") & (np.asarray(index["domain"]) != SCENE)))
     run_hash = config_hash(run.train, {"architecture": arch, "seed": run.seed, "classes": classes, "n": len(data.labels), "weights": run.features.weights,
-                                       "beta": c.beta, "decoder_variance": c.decoder_variance, "unlabelled": c.unlabelled})
+                                       "beta": c.beta, "decoder_variance": c.decoder_variance, "unlabelled": c.unlabelled,
+                                       **({"masks": masks is not None} if run.train.augment.ops else {})})
     result = train(model, data, run.train, ctx.checkpoint_dir, run.seed, run_hash, beta=c.beta, validate=validate,
                    monitor="val_mAP" if has_val_queries else "val_accuracy", on_epoch=ctx.on_epoch, progress=ctx.progress)
     enc = encode_all(model, images, device=device)

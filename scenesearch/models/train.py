@@ -1,7 +1,10 @@
 """The training loop: mixed precision on CUDA, checkpoint every epoch, resume, early stopping.
 
-The whole training set is one uint8 tensor on the device; batches are cut from a seeded
-permutation and flipped on the fly. Every epoch ends with an atomic checkpoint holding the
+The whole training set is one uint8 tensor on the device (with its masks when augmenting);
+batches are cut from a seeded permutation, flipped on the fly and, when ``train.augment.ops`` is
+not empty, domain-randomised by `scenesearch.augment.Augmenter` (renders composited onto new
+backgrounds through their masks, moved, relit; query photos relit only). Validation sees the
+clean images. Every epoch ends with an atomic checkpoint holding the
 model, optimiser, grad scaler, every RNG state, the best weights so far and the history, so a
 killed run started again with the same arguments continues where it stopped and ends with the
 same weights as a run that was never killed (on a CPU, where kernels are deterministic).
@@ -24,6 +27,7 @@ from typing import Callable
 import torch
 
 from scenesearch import storage
+from scenesearch.augment import Augmenter
 from scenesearch.config import TrainConfig
 from scenesearch.errors import DataError
 from scenesearch.features.vgg import resolve_device
@@ -34,16 +38,29 @@ CHECKPOINT = "last.pt"
 
 @dataclass
 class TrainData:
-    """Unflipped uint8 images (N, 3, H, W) with class ids; -1 marks an image used without its label."""
+    """Unflipped uint8 images (N, 3, H, W) with class ids; -1 marks an image used without its label.
+
+    For augmentation: `masks` (N, 1, H, W) uint8, each image's coverage (0 background .. 255
+    foreground; None: all 255), `is_render` (N,) bool, True for scene renders (None: no render),
+    and `render_background`, the colour the renders were drawn on.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    is_render: torch.Tensor | None = None
+    render_background: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise DataError(f"training images must be a uint8 (N, 3, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
         if len(self.labels) != len(self.images):
             raise DataError(f"{len(self.images)} training images but {len(self.labels)} labels")
+        n, _, h, w = self.images.shape
+        if self.masks is not None and (self.masks.dtype != torch.uint8 or tuple(self.masks.shape) != (n, 1, h, w)):
+            raise DataError(f"training masks must be a uint8 {(n, 1, h, w)} tensor, got {self.masks.dtype} {tuple(self.masks.shape)}")
+        if self.is_render is not None and (self.is_render.dtype != torch.bool or tuple(self.is_render.shape) != (n,)):
+            raise DataError(f"is_render must be a bool ({n},) tensor, got {self.is_render.dtype} {tuple(self.is_render.shape)}")
         if not (self.labels >= 0).any():
             raise DataError("no labelled training image: the train split is empty")
 
@@ -149,6 +166,22 @@ def train(
 
     images = data.images.to(device)
     labels = data.labels.to(device)
+    augment = Augmenter(cfg.augment, data.render_background) if cfg.augment.ops else None
+    masks = data.masks.to(device) if augment is not None and data.masks is not None else None
+    is_render = data.is_render if data.is_render is not None else torch.zeros(len(data.labels), dtype=torch.bool)
+
+    spent = {"augment": 0.0}  # seconds augmenting this epoch
+
+    def batch(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` as float, the flagged ones mirrored, then augmented (masks mirrored alike)."""
+        x = _batch(images, idx, flip, device)
+        if augment is None:
+            return x
+        t = time.perf_counter()
+        x = augment(x, _batch(masks, idx, flip, device) if masks is not None else None, is_render[idx.cpu()])
+        spent["augment"] += time.perf_counter() - t
+        return x
+
     labelled = torch.nonzero(data.labels >= 0).flatten()
     unlabelled = torch.nonzero(data.labels < 0).flatten()
     ckpt_path = f"{str(checkpoint_dir).rstrip('/')}/{CHECKPOINT}"  # a folder or an s3:// prefix
@@ -177,6 +210,7 @@ def train(
         model.train()
         sums: dict[str, float] = {}
         n_seen, correct, t0 = 0, 0.0, time.perf_counter()
+        spent["augment"] = 0.0
         perm = labelled[torch.randperm(len(labelled), generator=order)]
         u_perm = unlabelled[torch.randperm(len(unlabelled), generator=order)] if len(unlabelled) else unlabelled
         n_batches = math.ceil(len(perm) / cfg.batch_size)
@@ -185,17 +219,16 @@ def train(
         for b in bar:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             flip = torch.rand(len(idx), generator=order) < 0.5
-            x = _batch(images, idx, flip, device)
+            x = batch(idx, flip)
+            u_idx = u_perm[b * u_size : (b + 1) * u_size] if u_size else u_perm[:0]
+            u_x = batch(u_idx, torch.rand(len(u_idx), generator=order) < 0.5) if len(u_idx) else None
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                 out = model.labelled_loss(x, labels[idx], beta)
                 loss = out["loss"]
-                if u_size:
-                    u_idx = u_perm[b * u_size : (b + 1) * u_size]
-                    if len(u_idx):
-                        u_flip = torch.rand(len(u_idx), generator=order) < 0.5
-                        u_out = model.unlabelled_loss(_batch(images, u_idx, u_flip, device))
-                        loss = loss + u_out["loss"] * len(u_idx) / len(idx)
-                        sums["unlabelled"] = sums.get("unlabelled", 0.0) + u_out["loss"].item() * len(u_idx)
+                if u_x is not None:
+                    u_out = model.unlabelled_loss(u_x)
+                    loss = loss + u_out["loss"] * len(u_idx) / len(idx)
+                    sums["unlabelled"] = sums.get("unlabelled", 0.0) + u_out["loss"].item() * len(u_idx)
             if not torch.isfinite(loss):
                 raise DataError(f"the training loss became {loss.item()} at epoch {epoch}; lower train.lr or check the images for NaN")
             optimizer.zero_grad(set_to_none=True)
@@ -213,6 +246,8 @@ def train(
         if "unlabelled" in sums:
             metrics["train_unlabelled_loss"] = sums["unlabelled"] / max(len(u_perm), 1)
         metrics.update({"train_accuracy": correct / n_seen, "train_images_per_s": rates[-1], "epoch_seconds": seconds})
+        if augment is not None:
+            metrics["augment_seconds"] = spent["augment"]
         if validate is not None:
             model.eval()
             with torch.no_grad():
@@ -257,7 +292,7 @@ def train(
 
 
 def _batch(images: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 rows -> float [0, 1], the flagged ones mirrored left-right."""
+    """uint8 rows (images or masks) -> float [0, 1], the flagged ones mirrored left-right."""
     x = images[idx].float().div_(255.0)
     flip = flip.to(device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)

@@ -2,6 +2,7 @@
 
 Public: `render_views(path, size=64)`, `run(manifest_dir, out_dir, cfg)`; meshes are turned Y up
 by `orient_mesh` (``render.up_axis``) and blank views found by `blank_views` (coverage.py).
+With ``alpha=True`` a view comes with its coverage mask as a fourth channel (RGBA).
 """
 
 from __future__ import annotations
@@ -34,15 +35,26 @@ def render_mesh_views(
     elevation_deg: float = 30.0,
     fov_deg: float = 45.0,
     lighting: Lighting = Lighting(),
+    alpha: bool = False,
 ) -> np.ndarray:
-    """Render the multi-view rig of an already loaded mesh; (n_views, size, size, 3) uint8."""
+    """Render the multi-view rig of an already loaded mesh.
+
+    Returns:
+        (n_views, size, size, 3) uint8, or (..., 4) RGBA with `alpha`: the share of each pixel the
+        mesh covers (0 background, 255 mesh), area-downsampled like the colour.
+    """
     centre, radius = mesh.bounding_sphere()
     cameras = view_rig(centre, radius, n_views, elevation_deg, fov_deg, predefined=mesh.camera)
-    return get_renderer(size, render_size or size * 2).render(mesh, cameras, lighting)
+    return get_renderer(size, render_size or size * 2).render(mesh, cameras, lighting, alpha=alpha)
 
 
 def render_views(
-    path: str | os.PathLike, size: int = 64, render_size: int | None = None, n_views: int = 13, up_axis: str = "auto"
+    path: str | os.PathLike,
+    size: int = 64,
+    render_size: int | None = None,
+    n_views: int = 13,
+    up_axis: str = "auto",
+    alpha: bool = False,
 ) -> np.ndarray:
     """Render a scene file from 13 viewpoints.
 
@@ -55,9 +67,10 @@ def render_views(
         render_size: drawing side before area downsampling (default 2 * size).
         n_views: views in the rig.
         up_axis: the file's up axis, "auto", "y" or "z" (see `orient_mesh`).
+        alpha: add each view's coverage mask as a fourth channel.
 
     Returns:
-        (n_views, size, size, 3) uint8 array.
+        (n_views, size, size, 3) uint8 array, or (..., 4) RGBA with `alpha`.
 
     Raises:
         ItemError: the file cannot be loaded as a usable mesh.
@@ -65,7 +78,7 @@ def render_views(
         ValueError: an unknown `up_axis`.
     """
     mesh, _ = orient_mesh(load_mesh(path), str(path), up_axis)
-    return render_mesh_views(mesh, size, render_size, n_views)
+    return render_mesh_views(mesh, size, render_size, n_views, alpha=alpha)
 
 
 __all__ = [

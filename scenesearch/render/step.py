@@ -1,6 +1,8 @@
-"""The render step: every scene in the manifest -> 13 PNG views in ``views.parquet``.
+"""The render step: every scene in the manifest -> 13 PNG views and their masks in ``views.parquet``.
 
-Output columns: item_id, view (0..12), png (bytes). Each mesh is turned Y up as
+Output columns: item_id, view (0..12), png (RGB PNG bytes), mask (grayscale PNG bytes: the share
+of each pixel the scene covers, 0 background .. 255 scene; what `scenesearch.augment` composites
+new backgrounds through). Each mesh is turned Y up as
 ``render.up_axis`` says (`scenesearch.render.mesh.orient_mesh`). Scenes that fail to load or
 draw, or that come out blank in any view (`scenesearch.render.coverage.blank_views`), are
 added to ``rejected.parquet`` with their reason; the others go on.
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import moderngl
+import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -27,7 +30,7 @@ from scenesearch.render.coverage import check_not_blank
 from scenesearch.render.gl import Lighting, renderer_info
 from scenesearch.render.mesh import load_mesh, orient_mesh
 
-VIEWS_SCHEMA = pa.schema([("item_id", pa.string()), ("view", pa.int32()), ("png", pa.binary())])
+VIEWS_SCHEMA = pa.schema([("item_id", pa.string()), ("view", pa.int32()), ("png", pa.binary()), ("mask", pa.binary())])
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,18 @@ def run(manifest_dir: str, out_dir: str, cfg: RenderConfig, shard: int = 0, n_sh
     for r in tqdm(scenes, desc=f"render {shard + 1}/{n_shards}" if n_shards > 1 else "render", unit="scene"):
         try:
             mesh, up = orient_mesh(load_mesh(r["uri"]), r["uri"], cfg.up_axis)
-            views = render_mesh_views(mesh, cfg.size, cfg.render_size, cfg.n_views, cfg.elevation_deg, cfg.fov_deg, lighting)
-            check_not_blank(views, r["item_id"], cfg.background, up)
+            rgba = render_mesh_views(mesh, cfg.size, cfg.render_size, cfg.n_views, cfg.elevation_deg, cfg.fov_deg, lighting, alpha=True)
+            check_not_blank(rgba[..., :3], r["item_id"], cfg.background, up)
         except ItemError as e:
             rejected.append((r["uri"], str(e)))
             continue
         except moderngl.Error as e:  # e.g. the GL runs out of memory on one huge scene
             rejected.append((r["uri"], f"{r['item_id']}: OpenGL failed to draw it ({e})"))
             continue
-        rows.extend({"item_id": r["item_id"], "view": v, "png": storage.png_bytes(img)} for v, img in enumerate(views))
+        rows.extend(
+            {"item_id": r["item_id"], "view": v, "png": storage.png_bytes(np.ascontiguousarray(img[..., :3])), "mask": storage.png_bytes(np.ascontiguousarray(img[..., 3]))}
+            for v, img in enumerate(rgba)
+        )
     seconds = time.perf_counter() - start
     if not rows and n_shards == 1:
         raise DataError(f"no scene could be rendered ({len(rejected)} of {len(scenes)} rejected)")

@@ -107,3 +107,21 @@ def test_test_labels_never_reach_the_training_set(smoke_preprocessed):
     n_train = sum(1 for s, f in zip(index["split"], index["flip"]) if s == "train" and not f)
     assert int((data.labels >= 0).sum()) == n_train
     assert data.images.dtype == torch.uint8 and len(classes) == 4
+
+
+def test_training_data_carries_each_rows_mask_and_render_flag(smoke_preprocessed):
+    index = storage.read_table(smoke_preprocessed["images"] / "index.parquet").to_pydict()
+    images = storage.read_array(smoke_preprocessed["images"] / "images.npy", mmap=True)
+    masks = storage.read_array(smoke_preprocessed["images"] / "masks.npy", mmap=True)
+    assert masks.shape == (len(images), 1, *images.shape[2:]) and masks.dtype.name == "uint8"
+    data, _ = cvae_m2.training_data(images, index, unlabelled=True, masks=masks)
+    assert data.masks.shape == (len(data.labels), 1, *images.shape[2:])
+    n_scene_rows = sum(1 for s, f, d in zip(index["split"], index["flip"], index["domain"]) if not f and d == "scene" and s in ("train", "val", "test"))
+    assert int(data.is_render.sum()) == n_scene_rows > 0
+    renders, photos = data.is_render, ~data.is_render
+    assert (data.masks[photos] == 255).all()  # query images: all foreground
+    assert (data.masks[renders] == 0).any() and (data.masks[renders] == 255).any()
+    # the masks sit on their own images: where a render is uncovered it shows the white background
+    uncovered = (data.masks[renders] == 0).expand(-1, 3, -1, -1)
+    assert (data.images[renders][uncovered] == 255).all()
+    assert cvae_m2.training_data(images, index)[0].masks is None  # no masks given: none (the loop takes them as 255)

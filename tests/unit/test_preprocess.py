@@ -58,3 +58,53 @@ def test_run_preprocesses_every_query_domain_and_keeps_class_split(tmp_path):
     assert result.n_images == 6 and result.n_rejected == 1
     images = np.load(tmp_path / "out" / "images.npy")
     np.testing.assert_array_equal(images[4], preprocess_images([pictures["sketch"]], size=16, flips=False)[0].numpy())
+
+
+def _run_with_masks(tmp_path, with_mask_column: bool):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scenesearch import config, domains, preprocess, storage
+    from scenesearch.data import ingest
+
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    (tmp_path / "photo.png").write_bytes(storage.png_bytes(photo))
+    manifest = [
+        {"item_id": "scenes/a/s.glb", "label": "a", "domain": domains.SCENE, "split": "train", "class_split": domains.SEEN, "uri": "unused", "sha256": "s"},
+        {"item_id": "queries/a/q.png", "label": "a", "domain": "photo", "split": "train", "class_split": domains.SEEN, "uri": str(tmp_path / "photo.png"), "sha256": "q"},
+    ]
+    (tmp_path / "m").mkdir()
+    pq.write_table(pa.Table.from_pylist(manifest, schema=ingest.MANIFEST_SCHEMA), tmp_path / "m" / "manifest.parquet")
+    renders = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    masks = np.zeros((2, 40, 40), np.uint8)
+    masks[0, 5:30, 2:20] = 255  # off-centre, so a flip moves it
+    masks[0, 4, 2:20] = 128
+    masks[1, 10:40, 25:38] = 255
+    views = [{"item_id": "scenes/a/s.glb", "view": v, "png": storage.png_bytes(renders[v]), **({"mask": storage.png_bytes(masks[v])} if with_mask_column else {})} for v in range(2)]
+    (tmp_path / "v").mkdir()
+    pq.write_table(pa.Table.from_pylist(views), tmp_path / "v" / "views.parquet")
+    preprocess.run(str(tmp_path / "m"), str(tmp_path / "v"), str(tmp_path / "out"), config.PreprocessConfig(size=16))
+    index = pq.read_table(tmp_path / "out" / "index.parquet").to_pandas()
+    return index, np.load(tmp_path / "out" / "masks.npy"), np.load(tmp_path / "out" / "images.npy"), renders, masks
+
+
+def test_masks_align_with_the_index_rows(tmp_path):
+    from scenesearch.preprocess import preprocess_masks, to_uint8
+
+    index, got, images, renders, masks = _run_with_masks(tmp_path, with_mask_column=True)
+    assert got.shape == (len(index), 1, 16, 16) and got.dtype == np.uint8 and len(images) == len(index)
+    assert index.view.tolist() == [0, 0, 1, 1, -1, -1] and index.flip.tolist() == [False, True] * 3
+    # resized exactly like the images: a mask equal to an image's red channel comes out as that channel
+    red = preprocess_masks([np.ascontiguousarray(renders[0, ..., 0])], size=16, flips=False)[0, 0]
+    np.testing.assert_array_equal(red, to_uint8(images[0, 0]))
+    for row in range(4):  # renders: their own mask, flipped with their image
+        want = preprocess_masks([masks[index.view[row]]], size=16, flips=False)[0]
+        np.testing.assert_array_equal(got[row], want[..., ::-1] if index.flip[row] else want)
+    assert got[0, 0, :, :8].mean() > got[0, 0, :, 8:].mean() and got[1, 0, :, 8:].mean() > got[1, 0, :, :8].mean()  # the flip moved it
+    assert (got[index.domain == "photo"] == 255).all()  # a photo is all foreground
+
+
+def test_views_without_masks_give_masks_of_255(tmp_path):
+    index, got, _, _, _ = _run_with_masks(tmp_path, with_mask_column=False)
+    assert got.shape == (len(index), 1, 16, 16) and (got == 255).all()

@@ -126,3 +126,52 @@ def test_unlabelled_loss_is_the_expected_labelled_loss_minus_entropy():
     assert torch.isfinite(value)
     value.backward()  # gradients reach the classifier head through q(y|x)
     assert net.head_logits.weight.grad.abs().sum() > 0
+
+
+def _tiny_data(n=16, size=16):
+    from scenesearch.models.train import TrainData
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    masks[:, :, 4:12, 4:12] = 255
+    images = torch.where(masks.bool(), images, torch.full_like(images, 255))  # renders on white
+    is_render = torch.arange(n) % 4 != 0  # every fourth image a photo
+    return TrainData(images, torch.arange(n) % 2, masks, is_render)
+
+
+def _train_tiny(tmp_path, data, augment, seed=0):
+    import dataclasses
+
+    from scenesearch.config import AugmentConfig, TrainConfig
+    from scenesearch.models.train import train
+
+    cfg = TrainConfig(epochs=2, patience=5, batch_size=8, device="cpu", augment=augment or AugmentConfig(ops=()))
+    net = build_model("cvae1", n_classes=2, image_size=16)
+    result = train(net, data, cfg, tmp_path, seed, run_hash=str(dataclasses.astuple(cfg.augment)), beta=10.0, progress=False)
+    return net, result
+
+
+def test_training_augments_reproducibly_and_only_when_asked(tmp_path):
+    from scenesearch.config import AugmentConfig
+
+    data = _tiny_data()
+    a, ra = _train_tiny(tmp_path / "a", data, AugmentConfig())
+    b, _ = _train_tiny(tmp_path / "b", data, AugmentConfig())
+    plain, rp = _train_tiny(tmp_path / "c", data, None)
+    assert all("augment_seconds" in h for h in ra.history) and not any("augment_seconds" in h for h in rp.history)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k  # the same seed, the same augmented batches
+    assert any(not torch.equal(v, plain.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_train_data_checks_masks_and_render_flags():
+    from scenesearch.errors import DataError
+    from scenesearch.models.train import TrainData
+
+    d = _tiny_data()
+    assert TrainData(d.images, d.labels).masks is None  # both optional
+    with pytest.raises(DataError, match="training masks must be a uint8"):
+        TrainData(d.images, d.labels, d.masks[:, :, :8])
+    with pytest.raises(DataError, match="is_render must be a bool"):
+        TrainData(d.images, d.labels, d.masks, d.is_render.long())

@@ -118,3 +118,51 @@ def test_renders_after_another_gl_user_took_the_context(glb):
     finally:
         other.release()
     assert np.array_equal(render_views(glb, size=16), before)  # and with no context current at all
+
+
+def test_alpha_marks_exactly_the_drawn_pixels(glb):
+    rgba = render_views(glb, size=32, alpha=True)
+    assert rgba.shape == (13, 32, 32, 4) and rgba.dtype == np.uint8
+    rgb, alpha = rgba[..., :3], rgba[..., 3]
+    assert np.array_equal(rgb, render_views(glb, size=32))  # asking for alpha leaves the colours alone
+    assert (rgb[alpha == 0] == 255).all()  # uncovered pixels are exactly the (white) background
+    assert (alpha[(rgb != 255).any(axis=-1)] > 0).all()  # whatever differs from the background is covered
+    assert ((alpha == 255).mean(axis=(1, 2)) > 0.05).all() and (alpha == 0).any(axis=(1, 2)).all()
+
+
+def test_alpha_of_an_empty_region_is_zero(tmp_path):
+    """A small box seen head-on: alpha is 255 in its middle, 0 in the empty corners, in between only on its rim."""
+    path = tmp_path / "box.ply"
+    box = trimesh.creation.box((1, 1, 1))
+    box.visual.face_colors = (20, 120, 200, 255)
+    box.export(path)
+    rgba = render_views(path, size=32, alpha=True)
+    alpha = rgba[..., 3]
+    assert (alpha[:, 15:17, 15:17] == 255).all()
+    assert (alpha[:, :3, :3] == 0).all() and (alpha[:, -3:, -3:] == 0).all()
+    partial = (alpha > 0) & (alpha < 255)
+    assert partial.mean() < 0.1  # antialiased coverage only along the edges
+
+
+def test_render_step_stores_each_views_mask(tmp_path, glb):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scenesearch.config import RenderConfig
+    from scenesearch.render import step
+
+    (tmp_path / "m").mkdir()
+    row = {"item_id": "scenes/yard/s.glb", "label": "yard", "domain": "scene", "split": "train", "uri": str(glb), "sha256": "x"}
+    pq.write_table(pa.Table.from_pylist([row]), tmp_path / "m" / "manifest.parquet")
+    step.run(str(tmp_path / "m"), str(tmp_path / "v"), RenderConfig(size=32, render_size=64))
+    table = pq.read_table(tmp_path / "v" / "views.parquet")
+    assert table.schema.equals(step.VIEWS_SCHEMA) and table.num_rows == 13
+    rgba = render_views(glb, size=32, render_size=64, alpha=True)
+    for r in table.to_pylist():
+        with Image.open(io.BytesIO(r["mask"])) as m:
+            assert m.mode == "L"
+            assert np.array_equal(np.array(m), rgba[r["view"], ..., 3])
+        with Image.open(io.BytesIO(r["png"])) as im:
+            assert im.mode == "RGB" and np.array_equal(np.array(im), rgba[r["view"], ..., :3])
