@@ -8,7 +8,7 @@ batch from uint8 images resident on the device and mirror a random half (the loo
 `model.labelled_loss` (autocast when mixed), the finite-loss check, zero_grad, backward through
 the GradScaler, the Adam step, and the `.item()` reads of the loss terms that the loop makes every
 batch (a sync point it pays on a GPU). Batch 64 at 64x64, 10 classes, random pixels and labels
-(seed 0), Adam lr 1e-3 and beta 1000 (TrainConfig's defaults). The loop's CPU setting
+(seed 0), Adam lr 1e-3 (TrainConfig's default) and beta 1000 (methods.cvae_m2.beta's default). The loop's CPU setting
 (`torch.use_deterministic_algorithms(True, warn_only=True)`) is on for the CPU figures.
 
 Each figure: --warmup steps untimed, then --batches timed steps (--vgg-batches for cvae_vgg,
@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 import _machine  # noqa: E402
 from scenesearch.config import TrainConfig  # noqa: E402
+from scenesearch.methods.cvae_m2 import CVAEConfig  # noqa: E402
 from scenesearch.models import ARCHITECTURES, build_model  # noqa: E402
 from scenesearch.models.train import _batch  # noqa: E402
 
@@ -75,7 +76,7 @@ def run_steps(arch: str, device: torch.device, precision: str, warmup: int, batc
         flip = torch.rand(BATCH, generator=order) < 0.5
         x = _batch(images, idx, flip, device)
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            out = model.labelled_loss(x, labels[idx], cfg.beta)
+            out = model.labelled_loss(x, labels[idx], CVAEConfig().beta)
             loss = out["loss"]
         if not torch.isfinite(loss):
             raise RuntimeError(f"{arch} {precision}: the loss became {loss.item()}")

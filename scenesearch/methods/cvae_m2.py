@@ -41,6 +41,9 @@ class CVAEConfig(MethodConfig):
     decoder_variance: str = "scalar"  # scalar | pixel: the learned variance of p(x|z,y)
     unlabelled: bool = False  # add val/test images without their labels (the M2 unlabelled objective)
     alpha: float = 12288.0  # 64 * 64 * 3, the pixel count (as in the paper): weight of the class term
+    # with train.augment: the decoder reconstructs the image before augmentation (clean), so the
+    # latent need not describe the random background, or the augmented input (input)
+    reconstruct: str = "clean"
 
     def validate(self, prefix: str) -> None:
         from scenesearch.models import ARCHITECTURES  # plain data: no torch
@@ -54,6 +57,8 @@ class CVAEConfig(MethodConfig):
             raise ConfigError(f"{prefix}.variants must not repeat a name, got {list(self.variants)}")
         if self.beta < 0 or self.alpha < 0:
             raise ConfigError(f"{prefix}.beta and {prefix}.alpha must be >= 0, got {self.beta} and {self.alpha}")
+        if self.reconstruct not in ("clean", "input"):
+            raise ConfigError(f"{prefix}.reconstruct must be one of clean, input; got '{self.reconstruct}'")
         if self.decoder_variance not in ("scalar", "pixel"):
             raise ConfigError(f"{prefix}.decoder_variance must be one of scalar, pixel; got '{self.decoder_variance}'")
 
@@ -238,9 +243,10 @@ def fit(ctx: FitContext) -> Fitted:
     has_val_queries = bool(np.any((np.asarray(index["split"]) == "val") & (np.asarray(index["domain"]) != SCENE)))
     run_hash = config_hash(run.train, {"architecture": arch, "seed": run.seed, "classes": classes, "n": len(data.labels), "weights": run.features.weights,
                                        "beta": c.beta, "decoder_variance": c.decoder_variance, "unlabelled": c.unlabelled,
-                                       **({"masks": masks is not None} if run.train.augment.ops else {})})
+                                       **({"masks": masks is not None, "reconstruct": c.reconstruct} if run.train.augment.ops else {})})
     result = train(model, data, run.train, ctx.checkpoint_dir, run.seed, run_hash, beta=c.beta, validate=validate,
-                   monitor="val_mAP" if has_val_queries else "val_accuracy", on_epoch=ctx.on_epoch, progress=ctx.progress)
+                   monitor="val_mAP" if has_val_queries else "val_accuracy", on_epoch=ctx.on_epoch, progress=ctx.progress,
+                   reconstruct_clean=c.reconstruct == "clean")
     enc = encode_all(model, images, device=device)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)

@@ -131,23 +131,26 @@ class CVAE(nn.Module):
         return torch.cat([mu, logvar, logits], dim=1)
 
     def neg_elbo(self, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-log p(x|z,y) with one reparameterised z, KL(q(z|x) || N(0, I))) per image."""
+        """(-log p(x|z,y) with one reparameterised z, KL(q(z|x) || N(0, I))) per image; `x` is the
+        reconstruction target (the encoder may have seen an augmented version of it)."""
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         mean = self.decode(z, F.one_hot(y, self.n_classes)).float()
         return gaussian_nll(x.float(), mean, self.decoder_logvar().float()), kl_to_standard_normal(mu.float(), logvar.float())
 
-    def labelled_loss(self, x: torch.Tensor, y: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
-        """Per-batch means of the M2 labelled loss and its terms (nats per image)."""
+    def labelled_loss(self, x: torch.Tensor, y: torch.Tensor, beta: float, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-batch means of the M2 labelled loss and its terms (nats per image); the decoder
+        reconstructs `target` (default: `x`)."""
         mu, logvar, logits = self.encode(x)
-        rec, kl = self.neg_elbo(x, mu, logvar, y)
+        rec, kl = self.neg_elbo(x if target is None else target, mu, logvar, y)
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         log_prior = -math.log(self.n_classes)  # uniform p(y)
         loss = rec + kl - log_prior + beta * ce
         return {"loss": loss.mean(), "rec": rec.mean(), "kl": kl.mean(), "ce": ce.mean(), "correct": (logits.argmax(1) == y).float().sum()}
 
-    def unlabelled_loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def unlabelled_loss(self, x: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per-batch mean of sum_y q(y|x) (-ELBO(x, y)) - H(q(y|x)): one decoder pass per class."""
         mu, logvar, logits = self.encode(x)
+        x = x if target is None else target
         log_q = F.log_softmax(logits.float(), dim=1)
         q = log_q.exp()
         per_class = []

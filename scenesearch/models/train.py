@@ -137,6 +137,7 @@ def train(
     monitor: str = "val_mAP",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    reconstruct_clean: bool = True,
 ) -> TrainResult:
     """Train `model` in place and leave it holding the weights of its best validation epoch.
 
@@ -146,6 +147,9 @@ def train(
         run_hash: a checkpoint under `checkpoint_dir` is resumed only if it carries this hash.
         beta: weight of the classifier's cross-entropy in the M2 labelled loss.
         on_epoch: receives (epoch, metrics) after every epoch, e.g. to log to MLflow.
+        reconstruct_clean: with augmentation, the decoder's target is the image before it (a
+            denoising objective: the latent need not describe the random background); else the
+            augmented input itself.
 
     Raises:
         DataError: no labelled image, or the loss became NaN.
@@ -172,15 +176,17 @@ def train(
 
     spent = {"augment": 0.0}  # seconds augmenting this epoch
 
-    def batch(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Rows `idx` as float, the flagged ones mirrored, then augmented (masks mirrored alike)."""
+    def batch(idx: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(input, reconstruction target): rows `idx` as float, the flagged ones mirrored, then
+        augmented (masks mirrored alike); the target is the image before augmentation when
+        `reconstruct_clean`, else None (the input itself)."""
         x = _batch(images, idx, flip, device)
         if augment is None:
-            return x
+            return x, None
         t = time.perf_counter()
-        x = augment(x, _batch(masks, idx, flip, device) if masks is not None else None, is_render[idx.cpu()])
+        x_aug = augment(x, _batch(masks, idx, flip, device) if masks is not None else None, is_render[idx.cpu()])
         spent["augment"] += time.perf_counter() - t
-        return x
+        return x_aug, (x if reconstruct_clean else None)
 
     labelled = torch.nonzero(data.labels >= 0).flatten()
     unlabelled = torch.nonzero(data.labels < 0).flatten()
@@ -219,14 +225,14 @@ def train(
         for b in bar:
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             flip = torch.rand(len(idx), generator=order) < 0.5
-            x = batch(idx, flip)
+            x, target = batch(idx, flip)
             u_idx = u_perm[b * u_size : (b + 1) * u_size] if u_size else u_perm[:0]
-            u_x = batch(u_idx, torch.rand(len(u_idx), generator=order) < 0.5) if len(u_idx) else None
+            u_x, u_target = batch(u_idx, torch.rand(len(u_idx), generator=order) < 0.5) if len(u_idx) else (None, None)
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                out = model.labelled_loss(x, labels[idx], beta)
+                out = model.labelled_loss(x, labels[idx], beta, target=target)
                 loss = out["loss"]
                 if u_x is not None:
-                    u_out = model.unlabelled_loss(u_x)
+                    u_out = model.unlabelled_loss(u_x, target=u_target)
                     loss = loss + u_out["loss"] * len(u_idx) / len(idx)
                     sums["unlabelled"] = sums.get("unlabelled", 0.0) + u_out["loss"].item() * len(u_idx)
             if not torch.isfinite(loss):
