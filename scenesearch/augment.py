@@ -441,7 +441,7 @@ class Augmenter:
         if op == "colour":
             return random_colour(x, cfg)
         if op == "blur":
-            return random_blur(x, cfg.blur_sigma)
+            return random_blur(x, cfg.blur_sigma).clamp(0, 1)  # the normalised kernel can overshoot 1 by a rounding error
         if op == "noise":
             return add_noise(x, cfg.noise_std)
         if op == "jpeg":
