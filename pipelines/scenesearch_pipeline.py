@@ -1,6 +1,7 @@
 """The scenesearch DAG: wiring only. Compile with `python -m pipelines.scenesearch_pipeline [preset]`.
 
-    start_run -> ingest -> render_shard x N -> render -> preprocess -> describe x N -> features -> similarity
+    start_run -> ingest -> render_shard x N -> render -> preprocess [-> pretrain] -> describe x N -> features -> similarity
+    (pretrain: only with features.weights selfsup, the backbone every describe shard then uses)
     train x (method, variant)  [ParallelFor; one loop for CPU branches, one for GPU branches]
         <- preprocess (always), features / similarity clusters / ingest semantics (when a method consumes them)
     train -> retrieve -> evaluate -> register (closes the MLflow parent run)
@@ -22,7 +23,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset
 
 from components.evaluate import evaluate
-from components.features import describe, features
+from components.features import describe, features, pretrain
 from components.ingest import ingest
 from components.preprocess import preprocess
 from components.register import register
@@ -77,6 +78,7 @@ def make_pipeline(cfg: RunConfig):
     """The pipeline function with `cfg` as its default config parameter and its branches."""
     shards = list(range(cfg.cluster.shards))
     features_gpu = cfg.features.device == "cuda"
+    selfsup = cfg.features.weights == "selfsup"
     entries = methods.entries(cfg)
     shape = methods.shape(cfg)
 
@@ -89,9 +91,13 @@ def make_pipeline(cfg: RunConfig):
             rs = place(render_shard(config_json=config_json, shard=shard, manifest=ing.outputs["manifest"]), cfg, "render", cache=True)
         ren = place(render(shards=dsl.Collected(rs.outputs["views"]), **common), cfg, "base")
         pre = place(preprocess(manifest=ing.outputs["manifest"], views=ren.outputs["views"], **common), cfg, "base")
+        backbone = {}
+        if selfsup:  # one backbone for every shard, trained before any of them describes
+            pt = place(pretrain(images=pre.outputs["images"], **common), cfg, "base", gpu=features_gpu)
+            backbone = {"backbone": pt.outputs["backbone"]}
         with dsl.ParallelFor(items=shards, parallelism=len(shards)) as shard:
-            ds = place(describe(config_json=config_json, shard=shard, images=pre.outputs["images"]), cfg, "base", gpu=features_gpu, cache=True)
-        fea = place(features(images=pre.outputs["images"], descriptors=dsl.Collected(ds.outputs["descriptors"]), **common), cfg, "base")
+            ds = place(describe(config_json=config_json, shard=shard, images=pre.outputs["images"], **backbone), cfg, "base", gpu=features_gpu, cache=True)
+        fea = place(features(images=pre.outputs["images"], descriptors=dsl.Collected(ds.outputs["descriptors"]), **backbone, **common), cfg, "base")
         sim = place(similarity(features=fea.outputs["features"], **common), cfg, "base")
         optional = {"features": fea.outputs["features"], "clusters": sim.outputs["clusters"], "semantics": ing.outputs["manifest"]}
         collected = {}

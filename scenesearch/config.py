@@ -102,9 +102,9 @@ class SelfSupConfig:
     """Contrastive (SimCLR, NT-Xent) pretraining of the VGG16 backbone on the dataset's own images,
     without labels, for ``features.weights: selfsup`` (scenesearch.features.selfsup)."""
 
-    epochs: int = 12
-    batch_size: int = 64  # images per step; each brings two views, the other 2 * (batch - 1) views are its negatives
-    lr: float = 3e-4  # Adam
+    epochs: int = 6
+    batch_size: int = 32  # images per step; each brings two views, the other 2 * (batch - 1) views are its negatives
+    lr: float = 1e-3  # Adam, warm-up then cosine; the trunk trains with batch norms (folded into its convs after)
     weight_decay: float = 1e-6
     temperature: float = 0.2  # of the NT-Xent softmax
     projection_dim: int = 128  # output of the projection head on GAP(conv5_3) (dropped after training)
@@ -112,9 +112,14 @@ class SelfSupConfig:
     input_size: int = 32  # training input side; the descriptors are still extracted at features.input_size
     max_images: int = 0  # train on at most this many images (a seeded sample); 0: all of them
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on a CPU | fp32 | bf16 (autocast, also on a CPU)
+    # the views come from train.augment with this chance per op instead of train.augment.p: from
+    # scratch, at 0.8 the two views share too little for a few hundred steps to learn from
+    augment_p: float = 0.5
 
     def validate(self) -> None:
         _choice(self.precision, ("auto", "fp32", "bf16"), "features.selfsup.precision")
+        if not 0.0 <= self.augment_p <= 1.0:
+            raise ConfigError(f"features.selfsup.augment_p must be in [0, 1], got {self.augment_p}")
         for name in ("epochs", "lr", "temperature", "projection_dim", "hidden_dim"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"features.selfsup.{name} must be > 0, got {getattr(self, name)}")

@@ -3,7 +3,9 @@
 Each block is L2-normalised before concatenation so the 4096-d fc7 does not drown the conv
 blocks (4096 + 512 + 512 + 256 = 5376 dims). Weights: ``none`` (seeded random init),
 ``imagenet`` (torchvision's weights enum: works where the file is cached in $TORCH_HOME or
-downloadable), or a state-dict path loaded with ``torch.load(weights_only=True)``.
+downloadable), or a state-dict path loaded with ``torch.load(weights_only=True)``. The option
+``selfsup`` is trained by the features step (scenesearch.features.selfsup) and reaches
+`build_descriptor` as the path of its backbone.pt (scenesearch.features.resolve_weights).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg16().features indices of the ReLUs after conv3_3, conv4_3, conv5_3
 TAPS = {"conv3_3": 15, "conv4_3": 22, "conv5_3": 29}
 DESCRIPTOR_DIM = 4096 + 512 + 512 + 256
+SELFSUP = "selfsup"  # features.weights trained by the features step itself
 
 
 class VGGDescriptor(nn.Module):
@@ -59,7 +62,8 @@ def build_descriptor(weights: str = "none", seed: int = 0) -> VGGDescriptor:
     """Build the descriptor network.
 
     Args:
-        weights: ``none``, ``imagenet`` or a path to a VGG16 state dict.
+        weights: ``none``, ``imagenet`` or a path to a VGG16 state dict (``selfsup``: the path of
+            the features step's backbone.pt, see scenesearch.features.resolve_weights).
         seed: seeds the random init when weights is ``none``.
 
     Raises:
@@ -79,6 +83,11 @@ def build_descriptor(weights: str = "none", seed: int = 0) -> VGGDescriptor:
                 f"features.weights=imagenet: the VGG16 ImageNet weights are neither cached in $TORCH_HOME nor downloadable ({type(e).__name__}); "
                 "pass a local state-dict path or use 'none'"
             ) from None
+    if weights == SELFSUP:
+        raise ConfigError(
+            "features.weights=selfsup names weights the features step trains: build the descriptor from its backbone.pt "
+            "(scenesearch.features.resolve_weights(weights, features_dir))"
+        )
     from scenesearch import storage
 
     try:

@@ -138,9 +138,11 @@ def check(cfg) -> list[Entry]:
 
 def shape(cfg) -> str:
     """The DAG shape a config asks for: its method branches (key, GPU request, inputs), the shard
-    fan-out and whether the descriptors run on a GPU. A run compares it with the compiled one."""
+    fan-out, whether the descriptors run on a GPU and whether a pretrain task trains their backbone
+    (features.weights selfsup). A run compares it with the compiled one."""
     branches = [[e.key, e.gpu, list(e.consumes)] for e in entries(cfg)]
-    return json.dumps({"methods": branches, "shards": cfg.cluster.shards, "features_gpu": cfg.features.device == "cuda"}, separators=(",", ":"))
+    return json.dumps({"methods": branches, "shards": cfg.cluster.shards, "features_gpu": cfg.features.device == "cuda",
+                       "pretrain": cfg.features.weights == "selfsup"}, separators=(",", ":"))
 
 
 def describe() -> list[dict[str, Any]]:

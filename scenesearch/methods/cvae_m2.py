@@ -227,7 +227,7 @@ def fit(ctx: FitContext) -> Fitted:
     import torch
 
     from scenesearch.features.vgg import resolve_device
-    from scenesearch.models import build_model
+    from scenesearch.models import ARCHITECTURES, build_model
     from scenesearch.models.train import config_hash, train
 
     c, run, arch = ctx.config, ctx.run, ctx.entry.variant
@@ -237,7 +237,12 @@ def fit(ctx: FitContext) -> Fitted:
     masks = storage.read_array(src / "masks.npy", mmap=True) if run.train.augment.ops and storage.exists(src / "masks.npy") else None
     index = ctx.index.to_pydict()
     data, classes = training_data(images, index, c.unlabelled, masks, tuple(run.render.background))
-    model = build_model(arch, len(classes), int(images.shape[-1]), c.decoder_variance, run.features.weights, run.seed)
+    weights = run.features.weights
+    if ARCHITECTURES[arch].vgg_encoder:  # cvae_vgg's frozen trunk: with selfsup, the features step's trained backbone
+        from scenesearch.features import resolve_weights
+
+        weights = resolve_weights(weights, ctx.inputs.features or None)
+    model = build_model(arch, len(classes), int(images.shape[-1]), c.decoder_variance, weights, run.seed)
     device = resolve_device(run.train.device, "train.device")
     validate = make_validator(images, index, classes, model.latent, c.alpha, run.evaluate.k, device)
     has_val_queries = bool(np.any((np.asarray(index["split"]) == "val") & (np.asarray(index["domain"]) != SCENE)))
@@ -321,7 +326,7 @@ METHOD = Method(
     name="cvae_m2",
     summary="semi-supervised conditional VAE (M2): symmetrised cross-entropy of q(z|x) and q(y|x), min over views",
     config=CVAEConfig,
-    consumes=("images",),
+    consumes=("images", "features"),  # features: the selfsup backbone that cvae_vgg's trunk loads
     fit=fit,
     load=load,
     trains=True,

@@ -4,7 +4,8 @@ D(x*, S) = min over the views v of S (and their flips) of 1 - cos(f(x*), f(v)), 
 descriptor. Nothing is learned here (the PCA is the features step's); `fit` copies the PCA and
 records the descriptor's weights so that a served model embeds a new query image the same way.
 With ``features.weights: none`` the descriptor is rebuilt from its seed (a fixed random init);
-with real weights their state dict is saved in the model folder.
+with real weights their state dict is saved in the model folder (``selfsup``: the backbone the
+features step trained, its backbone.pt).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ class VGGRetriever:
         if self._net is None:
             import torch
 
-            from scenesearch.features.vgg import build_descriptor
+            from torchvision.models import vgg16
+
+            from scenesearch.features.vgg import VGGDescriptor, build_descriptor
 
             saved = self.folder / DESCRIPTOR_FILE
-            if storage.exists(saved):  # real weights travel with the model
-                self._net = build_descriptor("none", int(self.meta["seed"]))
+            if storage.exists(saved):  # real weights (imagenet, a path, selfsup) travel with the model
+                self._net = VGGDescriptor(vgg16(weights=None), self.meta["weights"])
                 self._net.load_state_dict(torch.load(io.BytesIO(storage.read_bytes(saved)), map_location="cpu", weights_only=True))
             else:
                 self._net = build_descriptor(self.meta["weights"], int(self.meta["seed"]))
@@ -72,10 +75,11 @@ def fit(ctx: FitContext) -> Fitted:
     if f.weights != "none":
         import torch
 
+        from scenesearch.features import resolve_weights
         from scenesearch.features.vgg import build_descriptor
 
         buf = io.BytesIO()
-        torch.save(build_descriptor(f.weights, ctx.run.seed).state_dict(), buf)
+        torch.save(build_descriptor(resolve_weights(f.weights, folder), ctx.run.seed).state_dict(), buf)
         storage.write_bytes(ctx.out_dir / DESCRIPTOR_FILE, buf.getvalue())
     meta = {"weights": f.weights, "seed": ctx.run.seed, "input_size": f.input_size, "batch_size": f.batch_size, "image_size": ctx.run.preprocess.size}
     return Fitted(feats.astype(np.float32), meta, params={"weights": f.weights, "feature_dim": str(feats.shape[1])})

@@ -240,3 +240,25 @@ def test_zero_shot_split_trains_on_seen_classes_and_reports_unseen_metrics(tmp_p
     second = max(versions, key=lambda v: int(v.version))
     assert "test_unseen_mAP" in second.tags["promotion"]
 
+
+
+def test_selfsup_weights_train_the_backbone_once_and_every_shard_and_method_uses_it(tmp_path, smoke_dataset):
+    """features.weights=selfsup: a pretrain task before the describe shards (the smoke preset has two),
+    its backbone in the features output, and vgg_baseline's served descriptor built from it."""
+    import torch
+
+    p = _run_smoke(tmp_path, smoke_dataset, "--preset", "smoke", "--set", "features.weights=selfsup",
+                   "--set", "features.selfsup.epochs=1", "--set", "features.selfsup.max_images=64")
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("scenesearch-smoke")
+    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.params["weights_used"] == "selfsup"
+    pretrained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'pretrain'"))
+    assert pretrained.data.metrics["selfsup_epochs"] == 1
+    root = next((tmp_path / "runs" / "kfp").glob("scenesearch-*"))
+    backbone = torch.load(next(root.glob("features/**/backbone.pt")), weights_only=True)
+    served = torch.load(next(root.glob("for-loop-*/train/model/descriptor.pt")), weights_only=True)
+    # the baseline's descriptor carries the trained conv weights (its own names, same tensors)
+    trained = [v for k, v in backbone.items() if k.startswith("features.")]
+    assert trained and any(torch.equal(trained[0], v) for v in served.values())
