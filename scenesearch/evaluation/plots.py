@@ -82,6 +82,7 @@ def plot_gallery(
     path: str | os.PathLike[str],
     max_cols: int = 6,
     title: str | None = None,
+    query_notes: Sequence[str] | None = None,
 ) -> None:
     """Draw a top-k gallery: per row a query image followed by its top-ranked renders.
 
@@ -96,6 +97,7 @@ def plot_gallery(
         path: destination PNG; written atomically (temporary file, then rename).
         max_cols: most ranked images shown per row; the query column comes in addition.
         title: a heading over the grid (which method ranked these).
+        query_notes: per query, a note shown after its label (e.g. its domain).
 
     Raises:
         ValueError: no queries, sequences of different lengths, or max_cols < 1.
@@ -124,7 +126,8 @@ def plot_gallery(
     if title:
         fig.suptitle(title, fontsize=10)
     for row in range(n_rows):
-        _show(axes[row, 0], query_images[row], f"query: {query_labels[row]}", _QUERY)
+        note = f" ({query_notes[row]})" if query_notes else ""
+        _show(axes[row, 0], query_images[row], f"query: {query_labels[row]}{note}", _QUERY)
         shown = list(zip(ranked_images[row], ranked_labels[row]))[:n_ranked]
         for col, (image, label) in enumerate(shown, start=1):
             wrong = label != query_labels[row]

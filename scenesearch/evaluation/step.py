@@ -194,19 +194,25 @@ def _thumbnails(images_dir: str) -> dict[tuple[str, int], np.ndarray]:
 
 
 def _gallery(d, queries, scenes, mask, thumbs, cfg: EvaluateConfig, path: Path, title: str) -> str:
-    """Top-k renders (view 0) for one query of each class in the reported split, wrong class marked."""
-    chosen, seen = [], set()
-    for i in np.flatnonzero(mask):
-        if queries["label"][i] not in seen and len(chosen) < cfg.gallery_queries:
-            seen.add(queries["label"][i])
-            chosen.append(i)
+    """Top-k renders (view 0) for one query of each class in the reported split, wrong class marked;
+    with several query domains the classes take them in turn, so each domain is seen."""
+    rows = np.flatnonzero(mask)
+    domain = np.asarray(queries["domain"])
+    domains = sorted(set(domain[rows].tolist()))
+    chosen = []
+    for k, label in enumerate(dict.fromkeys(np.asarray(queries["label"])[rows].tolist())):
+        if len(chosen) == cfg.gallery_queries:
+            break
+        of_class = [i for i in rows if queries["label"][i] == label]
+        chosen.append(next((i for i in of_class if domain[i] == domains[k % len(domains)]), of_class[0]))
     q_imgs, ranked_imgs, ranked_labels = [], [], []
     for i in chosen:
         q_imgs.append(thumbs[(queries["item_id"][i], -1)])
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
         ranked_imgs.append([thumbs[(scenes["item_id"][j], 0)] for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
-    plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path, title=title)
+    notes = [str(domain[i]) for i in chosen] if len(domains) > 1 else None
+    plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path, title=title, query_notes=notes)
     return str(path)
 
 

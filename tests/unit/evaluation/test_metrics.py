@@ -332,3 +332,17 @@ def test_plot_gallery_writes_png(tmp_path: Path):
     assert out.stat().st_size > 0
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["gallery.png"]
+
+
+def test_the_gallery_shows_each_query_domain_in_turn(tmp_path, monkeypatch):
+    from scenesearch.config import EvaluateConfig
+    from scenesearch.evaluation import step
+
+    labels = ["a", "a", "b", "b", "c", "c"]
+    queries = {"item_id": [f"q{i}" for i in range(6)], "label": labels, "domain": ["photo", "photo_easy"] * 3, "split": ["test"] * 6}
+    scenes = {"item_id": ["s0", "s1"], "label": ["a", "b"]}
+    thumbs = {**{(f"q{i}", -1): np.zeros((4, 4, 3), np.uint8) for i in range(6)}, **{(s, 0): np.zeros((4, 4, 3), np.uint8) for s in scenes["item_id"]}}
+    shown = {}
+    monkeypatch.setattr(step, "plot_gallery", lambda q, r, ql, rl, path, title, query_notes: shown.update(labels=ql, notes=query_notes))
+    step._gallery(np.zeros((6, 2)), queries, scenes, np.ones(6, bool), thumbs, EvaluateConfig(gallery_queries=3), tmp_path / "g.png", "t")
+    assert shown == {"labels": ["a", "b", "c"], "notes": ["photo", "photo_easy", "photo"]}
