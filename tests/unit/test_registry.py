@@ -66,7 +66,10 @@ def test_promote_cli_says_one_sentence(mlflow_uri, capsys):
 
     c = tracking.client(mlflow_uri)
     v = _version(c, "scenesearch", 0.3)
-    assert main(["promote", "--version", str(v)]) == 0
+    judged_on = ["--set", "registry.metric=test_mAP"]  # the default preset judges on test_photo_mAP, which these versions lack
+    assert main(["promote", "--version", "1"]) == 1
+    assert "test_photo_mAP" in capsys.readouterr().err
+    assert main(["promote", "--version", str(v), *judged_on]) == 0
     assert str(c.get_model_version_by_alias("scenesearch", "champion").version) == v
-    assert main(["promote", "--version", "7"]) == 1
+    assert main(["promote", "--version", "7", *judged_on]) == 1
     assert capsys.readouterr().err.strip().endswith("registered model 'scenesearch' has no version 7 in " + mlflow_uri)
