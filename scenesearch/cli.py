@@ -71,7 +71,7 @@ def cmd_features(args) -> dict:
     from scenesearch import features
 
     cfg = _config(args)
-    r = features.run(args.images, args.out, cfg.features, cfg.seed)
+    r = features.run(args.images, args.out, cfg.features, cfg.seed, cfg.train.augment, cfg.render.background)
     return {**r.metrics(), "weights": r.weights, "device": r.device}
 
 

@@ -248,7 +248,9 @@ def fit(ctx: FitContext) -> Fitted:
     has_val_queries = bool(np.any((np.asarray(index["split"]) == "val") & (np.asarray(index["domain"]) != SCENE)))
     run_hash = config_hash(run.train, {"architecture": arch, "seed": run.seed, "classes": classes, "n": len(data.labels), "weights": run.features.weights,
                                        "beta": c.beta, "decoder_variance": c.decoder_variance, "unlabelled": c.unlabelled,
-                                       **({"masks": masks is not None, "reconstruct": c.reconstruct} if run.train.augment.ops else {})})
+                                       **({"masks": masks is not None, "reconstruct": c.reconstruct} if run.train.augment.ops else {}),
+                                       # another pretrained backbone must not resume this checkpoint
+                                       **({"selfsup": run.features.selfsup} if weights != run.features.weights else {})})
     result = train(model, data, run.train, ctx.checkpoint_dir, run.seed, run_hash, beta=c.beta, validate=validate,
                    monitor="val_mAP" if has_val_queries else "val_accuracy", on_epoch=ctx.on_epoch, progress=ctx.progress,
                    reconstruct_clean=c.reconstruct == "clean")
