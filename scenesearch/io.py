@@ -23,28 +23,22 @@ def decode_image(name: str, data: bytes) -> np.ndarray:
     Raises:
         ItemError: empty, truncated or undecodable bytes.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
-    if not data:
-        raise ItemError(f"{name}: the file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)  # phone photos carry their rotation in EXIF
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grey: scale to 8 bits rather than clip (mode I has no fixed range: use its peak)
-                arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                im = Image.fromarray((arr * 255.0 / peak).round().astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)  # transparent pixels become white, like render backgrounds
-            return np.array(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ItemError(f"{name}: the image cannot be decoded (unknown or corrupt image format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ItemError(f"{name}: the image cannot be decoded ({e})") from None
+    def to_rgb(im) -> np.ndarray:
+        im = ImageOps.exif_transpose(im)  # phone photos carry their rotation in EXIF
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grey: scale to 8 bits rather than clip (mode I has no fixed range: use its peak)
+            arr = np.asarray(im, dtype=np.float64)
+            peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            im = Image.fromarray((arr * 255.0 / peak).round().astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "P", "PA"):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)  # transparent pixels become white, like render backgrounds
+        return np.array(im.convert("RGB"))
+
+    return _decode(name, data, "image", to_rgb)
 
 
 def decode_mask(name: str, data: bytes) -> np.ndarray:
@@ -53,17 +47,23 @@ def decode_mask(name: str, data: bytes) -> np.ndarray:
     Raises:
         ItemError: empty, truncated or undecodable bytes.
     """
+    return _decode(name, data, "mask", lambda im: np.array(im.convert("L")))
+
+
+def _decode(name: str, data: bytes, what: str, convert) -> np.ndarray:
+    """Open `data` with PIL, load it whole and `convert` it; every failure is one ItemError naming `name`."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise ItemError(f"{name}: the mask is empty")
+        raise ItemError(f"{name}: the {'file' if what == 'image' else what} is empty")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return np.array(im.convert("L"))
+            im.load()
+            return convert(im)
     except UnidentifiedImageError:
-        raise ItemError(f"{name}: the mask cannot be decoded (unknown or corrupt image format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ItemError(f"{name}: the mask cannot be decoded ({e})") from None
+        raise ItemError(f"{name}: the {what} cannot be decoded (unknown or corrupt image format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ItemError(f"{name}: the {what} cannot be decoded ({e})") from None
 
 
 def write_rejected(path: str | os.PathLike, rejected: list[tuple[str, str]]) -> None:
