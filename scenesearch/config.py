@@ -52,6 +52,9 @@ class DataConfig:
     # embedded benchmark: also write the clean, centred query renders of before as the domain
     # photo_easy (folder easy_queries/), beside the hard photos in queries/
     easy_queries: bool = False
+    # embedded benchmark: also write hand-like line drawings of the held-out scenes as the domain
+    # sketch (folder sketches/)
+    sketch_queries: bool = False
 
     def validate(self) -> None:
         _positive(self, "n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class")

@@ -13,7 +13,9 @@ frame: a gradient, a procedural texture (value noise, stripes, checkers, blotche
 blur, sensor noise and JPEG compression; every fourth photo is stored as a .jpg. With
 ``easy_queries`` the clean query of before (the held-out scene framed by its bounding sphere,
 lit differently, on a plain colour, slightly blurred and noisy) of the same scene goes to
-``easy_queries/<class>/`` (domain photo_easy) under the same file stem.
+``easy_queries/<class>/`` (domain photo_easy) under the same file stem, and with ``sketch_queries``
+a hand-like line drawing of it (`scenesearch.data.sketch.sketch_query`: its visible edges from
+another viewpoint, drawn as pencil strokes) goes to ``sketches/<class>/`` (domain sketch) likewise.
 
 ``semantics.csv`` holds each class's attributes (`CLASS_ATTRIBUTES`: what its builder places, and
 how big the scene is). Everything is a function of the seed.
@@ -36,6 +38,7 @@ import numpy as np
 from scenesearch import storage
 from scenesearch.config import DataConfig
 from scenesearch.data.ingest import GENERATED_MARKER
+from scenesearch.data.sketch import sketch_query
 from scenesearch.data.synthetic_scenes import (
     CLASS_ATTRIBUTE_NAMES,
     CLASS_ATTRIBUTES,
@@ -49,7 +52,7 @@ from scenesearch.errors import ConfigError, DataError
 PHOTO_SIZE = 128
 OBJECT_FORMATS = ("obj", "glb", "ply", "off", "stl")
 # Bumped whenever the generator's output changes, so a folder written by an older one is redone.
-GENERATOR_VERSION = 2  # 2: hard query photos, object classes, easy queries
+GENERATOR_VERSION = 3  # 2: hard query photos, object classes, easy queries; 3: sketch queries
 JPEG_QUERY_EVERY = 4  # the 4th, 8th, ... hard query of a class is stored as .jpg, the others as .png
 
 
@@ -72,14 +75,15 @@ def query_format(index: int) -> str:
 class GenerateResult:
     root: str
     n_scenes: int
-    n_queries: int  # hard query photos (domain photo); easy ones are as many again when written
+    n_queries: int  # hard query photos (domain photo); easy ones and sketches are as many again when written
 
 
 def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> GenerateResult:
     """Write the embedded benchmark to `root` (built in a temporary folder, renamed when whole).
 
     Each class draws from its own generator, so a class's files do not depend on how many other
-    classes are generated, and the hard queries do not depend on ``cfg.easy_queries``.
+    classes are generated, and the hard queries do not depend on ``cfg.easy_queries`` or
+    ``cfg.sketch_queries`` (each of those domains has its own generator too).
 
     Raises:
         ConfigError: more scene or object classes asked for than the generator knows.
@@ -106,8 +110,9 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
         for label, class_seed, file_format in tqdm(classes, desc="generate", unit="class"):
             rng = np.random.default_rng(class_seed)
             easy_rng = np.random.default_rng([*class_seed, 2])
+            sketch_rng = np.random.default_rng([*class_seed, 3])
             clutter = tuple(c for c in SCENE_CLASSES if c != label)
-            folders = ("scenes", "queries", *(("easy_queries",) if cfg.easy_queries else ()))
+            folders = ("scenes", "queries", *(("easy_queries",) if cfg.easy_queries else ()), *(("sketches",) if cfg.sketch_queries else ()))
             for folder in folders:
                 (tmp / folder / label).mkdir(parents=True)
             for i in range(cfg.scenes_per_class):
@@ -123,6 +128,9 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
                 if cfg.easy_queries:
                     easy = easy_query_photo(held_out, easy_rng)
                     (tmp / "easy_queries" / label / f"{label}_q{j:03d}.png").write_bytes(storage.png_bytes(easy))
+                if cfg.sketch_queries:
+                    sketch = sketch_query(held_out, sketch_rng, PHOTO_SIZE)
+                    (tmp / "sketches" / label / f"{label}_q{j:03d}.png").write_bytes(storage.png_bytes(sketch))
         (tmp / "semantics.csv").write_text(semantics_csv(tuple(label for label, _, _ in classes)))
         (tmp / GENERATED_MARKER).write_text(stamp(cfg, seed))
         if root.exists():
@@ -135,7 +143,7 @@ def generate(root: str | os.PathLike, cfg: DataConfig, seed: int = 0) -> Generat
 
 def stamp(cfg: DataConfig, seed: int) -> str:
     """What a generated folder was made from (the marker's text): generator version, seed and sizes."""
-    fields = ("n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class", "n_object_classes", "easy_queries")
+    fields = ("n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class", "n_object_classes", "easy_queries", "sketch_queries")
     return json.dumps({"generator": GENERATOR_VERSION, "seed": seed, **{f: getattr(cfg, f) for f in fields}}, sort_keys=True) + "\n"
 
 

@@ -166,6 +166,41 @@ class Renderer:
             vbo.release()
         return out
 
+    def depth(self, mesh: SceneMesh, camera: Camera) -> np.ndarray:
+        """The depth buffer of one view at `render_size` (not downsampled: a depth mean means nothing).
+
+        Drawn with the same program, matrices and face culling as `render`, so a point projected
+        with `view_projection(camera, *mesh.bounding_sphere())` lands on the depth it would have.
+
+        Returns:
+            (render_size, render_size) float32 window depth in [0, 1] (GL's default depth range,
+            nonlinear in distance), row 0 at the top like the images; 1.0 where nothing is drawn.
+        """
+        import moderngl
+
+        with self.ctx:
+            ctx = self.ctx
+            data = np.concatenate([mesh.positions, mesh.normals, mesh.colours], axis=1).astype("f4")
+            vbo = ctx.buffer(data.tobytes())
+            vao = ctx.vertex_array(self.program, [(vbo, "3f 3f 3f", "in_position", "in_normal", "in_colour")])
+            centre, radius = mesh.bounding_sphere()
+            try:
+                self.fbo.use()
+                ctx.enable(moderngl.DEPTH_TEST)
+                if mesh.cull_back_faces:
+                    ctx.enable(moderngl.CULL_FACE)
+                else:
+                    ctx.disable(moderngl.CULL_FACE)
+                self.program["mvp"].write(view_projection(camera, centre, radius).T.tobytes())
+                self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+                vao.render(moderngl.TRIANGLES)
+                s = self.render_size
+                raw = self.fbo.read(components=1, attachment=-1, dtype="f4")
+            finally:
+                vao.release()
+                vbo.release()
+        return np.frombuffer(raw, dtype=np.float32).reshape(s, s)[::-1].copy()  # GL rows start at the bottom
+
     def _read(self, components: int = 3) -> np.ndarray:
         s, f, c = self.render_size, self.render_size // self.size, components
         pixels = np.frombuffer(self.fbo.read(components=c), dtype=np.uint8).reshape(s, s, c)[::-1]  # GL rows start at the bottom
