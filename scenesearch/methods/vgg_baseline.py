@@ -67,8 +67,17 @@ class VGGRetriever:
         return min_view_cosine_distances(queries, gallery)
 
 
-def fit(ctx: FitContext) -> Fitted:
-    folder = ctx.inputs.need("features", "vgg_baseline")
+def save_descriptor(ctx: FitContext, method: str) -> tuple[np.ndarray, dict]:
+    """Copy what embeds a new query image like the features step into ctx.out_dir (its PCA, and the
+    VGG16 state dict unless the weights are a seeded random init) and read the descriptors.
+
+    Shared by every method over the descriptors: their retrievers embed a query with `VGGRetriever`
+    built from the returned meta and the same folder.
+
+    Returns:
+        (descriptors (N, d) float32 of ctx.index's rows, meta for `VGGRetriever`).
+    """
+    folder = ctx.inputs.need("features", method)
     feats = read_array_rows(folder, "features.npy", ctx.index)
     storage.write_bytes(ctx.out_dir / "pca.npz", storage.read_bytes(Path(folder) / "pca.npz"))
     f = ctx.run.features
@@ -82,7 +91,12 @@ def fit(ctx: FitContext) -> Fitted:
         torch.save(build_descriptor(resolve_weights(f.weights, folder), ctx.run.seed).state_dict(), buf)
         storage.write_bytes(ctx.out_dir / DESCRIPTOR_FILE, buf.getvalue())
     meta = {"weights": f.weights, "seed": ctx.run.seed, "input_size": f.input_size, "batch_size": f.batch_size, "image_size": ctx.run.preprocess.size}
-    return Fitted(feats.astype(np.float32), meta, params={"weights": f.weights, "feature_dim": str(feats.shape[1])})
+    return feats.astype(np.float32), meta
+
+
+def fit(ctx: FitContext) -> Fitted:
+    feats, meta = save_descriptor(ctx, "vgg_baseline")
+    return Fitted(feats, meta, params={"weights": meta["weights"], "feature_dim": str(feats.shape[1])})
 
 
 def load(folder: Path, meta: dict) -> VGGRetriever:

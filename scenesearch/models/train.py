@@ -125,6 +125,80 @@ def load_checkpoint(path: str | Path) -> dict | None:
         return None
 
 
+def resume(path: str, run_hash: str, model: torch.nn.Module, optimizers: dict, scaler, order: torch.Generator) -> tuple[dict, int]:
+    """The loop state to start from: the checkpoint at `path` loaded into the model, optimisers
+    (by name), grad scaler and RNGs when it carries `run_hash`, else a fresh state.
+
+    Returns:
+        (state, epoch resumed from or 0); state holds epoch, best_metric, best_epoch, best_state,
+        bad_epochs, history.
+    """
+    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": []}
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        return state, 0
+    if ckpt.get("run_hash") != run_hash:
+        log.warning("the checkpoint %s belongs to another configuration; training from scratch", path)
+        return state, 0
+    model.load_state_dict(ckpt["model"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt[name])
+    scaler.load_state_dict(ckpt["scaler"])
+    order.set_state(ckpt["rng"]["order"])
+    _set_rng_state(ckpt["rng"])
+    state = {k: ckpt[k] for k in state}
+    state["history"] = json.loads(ckpt["history"])
+    log.info("resuming %s from the checkpoint of epoch %d", path, state["epoch"])
+    return state, state["epoch"]
+
+
+def end_epoch(state: dict, epoch: int, metrics: dict[str, float], monitor: str, patience: int, model: torch.nn.Module) -> bool:
+    """Record an epoch in `state` (best weights when `monitor` improved, else one more bad epoch;
+    without `monitor` in metrics the negated training loss); True when training should stop."""
+    value = metrics.get(monitor, -metrics["train_loss"])
+    if value > state["best_metric"]:
+        state.update(best_metric=value, best_epoch=epoch, bad_epochs=0, best_state=copy.deepcopy(_cpu_state(model)))
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = epoch
+    state["history"].append({"epoch": epoch, **metrics})
+    return state["bad_epochs"] >= patience
+
+
+def write_checkpoint(path: str, state: dict, run_hash: str, model: torch.nn.Module, optimizers: dict, scaler, order: torch.Generator) -> None:
+    """The atomic end-of-epoch checkpoint that `resume` reads."""
+    save_checkpoint(
+        path,
+        {
+            **{k: v for k, v in state.items() if k != "history"},
+            "history": json.dumps(state["history"]),
+            "run_hash": run_hash,
+            "model": _cpu_state(model),
+            **{name: opt.state_dict() for name, opt in optimizers.items()},
+            "scaler": scaler.state_dict(),
+            "rng": {**_rng_state(), "order": order.get_state()},
+        },
+    )
+
+
+def finish(model: torch.nn.Module, state: dict, stopped_early: bool, resumed_from: int, rates: list[float], precision: str, device) -> TrainResult:
+    """Load the best epoch's weights into `model` (eval mode) and summarise the run."""
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    return TrainResult(
+        epochs_run=state["epoch"],
+        best_epoch=state["best_epoch"],
+        best_metric=float(state["best_metric"]),
+        stopped_early=stopped_early,
+        resumed_from=resumed_from,
+        images_per_s=float(sum(rates) / len(rates)) if rates else float("nan"),
+        precision=precision,
+        device=str(device),
+        history=state["history"],
+    )
+
+
 def train(
     model: torch.nn.Module,
     data: TrainData,
@@ -192,22 +266,7 @@ def train(
     unlabelled = torch.nonzero(data.labels < 0).flatten()
     ckpt_path = f"{str(checkpoint_dir).rstrip('/')}/{CHECKPOINT}"  # a folder or an s3:// prefix
 
-    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": []}
-    resumed_from = 0
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt.get("run_hash") == run_hash:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        order.set_state(ckpt["rng"]["order"])
-        _set_rng_state(ckpt["rng"])
-        state = {k: ckpt[k] for k in state}
-        state["history"] = json.loads(ckpt["history"])
-        resumed_from = state["epoch"]
-        log.info("resuming %s from the checkpoint of epoch %d", ckpt_path, resumed_from)
-    elif ckpt is not None:
-        log.warning("the checkpoint %s belongs to another configuration; training from scratch", ckpt_path)
-
+    state, resumed_from = resume(ckpt_path, run_hash, model, {"optimizer": optimizer}, scaler, order)
     rates = []
     epoch = state["epoch"]
     stopped_early = state["bad_epochs"] >= cfg.patience
@@ -258,44 +317,12 @@ def train(
             model.eval()
             with torch.no_grad():
                 metrics.update(validate(model))
-        value = metrics.get(monitor, -metrics["train_loss"])
-        if value > state["best_metric"]:
-            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0, best_state=copy.deepcopy(_cpu_state(model)))
-        else:
-            state["bad_epochs"] += 1
-        stopped_early = state["bad_epochs"] >= cfg.patience
-        state["epoch"] = epoch
-        state["history"].append({"epoch": epoch, **metrics})
+        stopped_early = end_epoch(state, epoch, metrics, monitor, cfg.patience, model)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        save_checkpoint(
-            ckpt_path,
-            {
-                **{k: v for k, v in state.items() if k != "history"},
-                "history": json.dumps(state["history"]),
-                "run_hash": run_hash,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": {**_rng_state(), "order": order.get_state()},
-            },
-        )
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    model.eval()
-    return TrainResult(
-        epochs_run=state["epoch"],
-        best_epoch=state["best_epoch"],
-        best_metric=float(state["best_metric"]),
-        stopped_early=stopped_early,
-        resumed_from=resumed_from,
-        images_per_s=float(sum(rates) / len(rates)) if rates else float("nan"),
-        precision=precision,
-        device=str(device),
-        history=state["history"],
-    )
-
+        write_checkpoint(ckpt_path, state, run_hash, model, {"optimizer": optimizer}, scaler, order)
+    return finish(model, state, stopped_early, resumed_from, rates, precision, device)
 
 def _batch(images: torch.Tensor, idx: torch.Tensor, flip: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 rows (images or masks) -> float [0, 1], the flagged ones mirrored left-right."""

@@ -22,8 +22,14 @@ def smoke_features(tmp_path_factory, smoke_preprocessed, smoke_cfg):
     return out
 
 
+# the smoke preset's methods and the descriptor-pair methods, small
+DESCRIPTOR_METHODS = {"zs_cvae": {"n_samples": 12, "n_centres": 3}, "zs_caae": {"n_samples": 12, "n_centres": 3},
+                      "parallel_vae": {"n_samples": 4}, "siamese": {}, "triplet": {}}
+
+
 def _cfg(smoke_cfg, **method_sections):
-    return dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1), methods=method_sections or smoke_cfg.methods)
+    return dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1),
+                               methods=method_sections or {**smoke_cfg.methods, **DESCRIPTOR_METHODS})
 
 
 def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
@@ -81,7 +87,7 @@ def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg, tmp_path, m
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random"])
+@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random", *DESCRIPTOR_METHODS])
 def test_every_registered_method_fits_scores_and_reloads(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, key):
     cfg = _cfg(smoke_cfg)
     inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
