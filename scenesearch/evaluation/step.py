@@ -3,8 +3,9 @@
 Metric keys are ``<split>[_<group>]_<metric>``: ``test_mAP`` (every test query against the whole
 gallery), per query domain ``test_photo_mAP``, ``test_sketch_mAP``; with a zero-shot split also
 ``test_unseen_mAP`` (unseen-class queries against the unseen-class scenes: the zero-shot papers'
-number), ``test_seen_mAP`` (seen classes against seen scenes, for reference) and their per-domain
-keys (``test_unseen_sketch_mAP``). Writes to out_dir: metrics.json ({key: {metric_key: value}}),
+number), ``test_generalised_mAP`` (unseen-class queries against the whole gallery: generalised
+zero-shot), ``test_seen_mAP`` (seen classes against seen scenes, for reference) and their
+per-domain keys (``test_unseen_sketch_mAP``). Writes to out_dir: metrics.json ({key: {metric_key: value}}),
 comparison.csv and comparison.md (one row per method), per_class.csv, pr_curve.png,
 gallery_<key>.png per method (its top-k for one query of each class) and
 rejected.parquet (every reject of every earlier step, with its reason).
@@ -29,6 +30,9 @@ from scenesearch.evaluation.metrics import per_class_metrics, pr_curve, retrieva
 from scenesearch.evaluation.plots import plot_gallery, plot_pr_curves
 from scenesearch.io import REJECTED_SCHEMA
 from scenesearch.preprocess import to_uint8
+
+
+GENERALISED = "generalised"  # the group of unseen-class queries against the whole gallery
 
 
 def metric_key(split: str, name: str, group: tuple[str, ...] = ()) -> str:
@@ -68,6 +72,10 @@ def query_groups(queries: dict, scenes: dict, split: str) -> list[tuple[tuple[st
             mask = base & (q_cls == cs)
             groups.append(((cs,), mask, s_cls == cs))
             groups += [((cs, d), mask & (q_dom == d), s_cls == cs) for d in sorted(set(q_dom[mask].tolist()))]
+        # generalised zero-shot: unseen-class queries against the whole gallery (seen scenes compete)
+        mask = base & (q_cls == UNSEEN)
+        groups.append(((GENERALISED,), mask, every))
+        groups += [((GENERALISED, d), mask & (q_dom == d), every) for d in sorted(set(q_dom[mask].tolist()))]
     return [g for g in groups if g[1].any() and g[2].any()]
 
 
@@ -177,11 +185,33 @@ def report_groups(results: dict[str, dict[str, float]], splits: tuple[str, ...])
 
 
 def format_report(results: dict[str, dict[str, float]], splits: tuple[str, ...], k: int) -> str:
-    """Every table worth printing: per split, its zero-shot groups, and its domains when there are several."""
+    """Every table worth printing: per split, its zero-shot groups, and its domains when there are
+    several; with a zero-shot split last the zero-shot summary (`format_zero_shot`)."""
     groups = report_groups(results, splits)
-    domains = {g[-1] for _, g in groups if g and g[-1] not in (SEEN, UNSEEN)}
+    domains = {g[-1] for _, g in groups if g and g[-1] not in (SEEN, UNSEEN, GENERALISED)}
     shown = [(s, g) for s, g in groups if not g or len(domains) > 1 or g[-1] not in domains]  # one domain: its table repeats the split's
-    return "\n".join(format_table(results, s, k, g) for s, g in shown)
+    tables = [format_table(results, s, k, g) for s, g in shown]
+    if any((splits[-1], (UNSEEN,)) == sg for sg in groups):
+        tables.append(format_zero_shot(results, splits[-1], k, sorted(domains)))
+    return "\n".join(tables)
+
+
+def format_zero_shot(results: dict[str, dict[str, float]], split: str, k: int, domains: list[str]) -> str:
+    """The zero-shot papers' table: per query domain, unseen-class queries against the unseen-class
+    gallery (P@k, mAP@k, NN, mAP), then the generalised mAP (against the whole gallery)."""
+    names = [f"P@{k}", f"mAP@{k}", "NN", "mAP"]
+    domains = domains or [""]
+    head1 = f"{'':<14}" + "".join(f"{d or 'all':^{10 * (len(names) + 1)}}" for d in domains)
+    head2 = f"{'method':<14}" + "".join("".join(f"{n:>10}" for n in names) + f"{'gen. mAP':>10}" for _ in domains)
+    rows = []
+    for m, vals in results.items():
+        cells = []
+        for d in domains:
+            dom = (d,) if d else ()
+            cells += [vals.get(metric_key(split, n, (UNSEEN, *dom)), float("nan")) for n in names]
+            cells.append(vals.get(metric_key(split, "mAP", (GENERALISED, *dom)), float("nan")))
+        rows.append(f"{m:<14}" + "".join(f"{v:>10.3f}" for v in cells))
+    return "\n".join([f"[zero-shot: unseen-class {split} queries against the unseen-class scenes; gen.: against the whole gallery]", head1, head2, *rows])
 
 
 def _thumbnails(images_dir: str) -> dict[tuple[str, int], np.ndarray]:
