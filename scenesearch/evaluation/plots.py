@@ -126,7 +126,7 @@ def plot_gallery(
     if title:
         fig.suptitle(title, fontsize=10)
     for row in range(n_rows):
-        note = f" ({query_notes[row]})" if query_notes else ""
+        note = f" ({query_notes[row]})" if query_notes and query_notes[row] else ""
         _show(axes[row, 0], query_images[row], f"query: {query_labels[row]}{note}", _QUERY)
         shown = list(zip(ranked_images[row], ranked_labels[row]))[:n_ranked]
         for col, (image, label) in enumerate(shown, start=1):

@@ -241,7 +241,9 @@ def _gallery(d, queries, scenes, mask, thumbs, cfg: EvaluateConfig, path: Path, 
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
         ranked_imgs.append([thumbs[(scenes["item_id"][j], 0)] for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
-    notes = [str(domain[i]) for i in chosen] if len(domains) > 1 else None
+    unseen = np.asarray(queries["class_split"]) == UNSEEN
+    notes = [", ".join([str(domain[i])] * (len(domains) > 1) + ["unseen class"] * bool(unseen[i])) for i in chosen]
+    notes = notes if any(notes) else None
     plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path, title=title, query_notes=notes)
     return str(path)
 
