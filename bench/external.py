@@ -12,7 +12,12 @@ ablation ``--set train.augment.ops=[]``. Then it reads the evaluate step's metri
 per method, test mAP, test NN (P@1), val mAP, val NN and query counts, plus the chance level: the
 expected mAP and NN of a uniformly random ranking, computed per query from the gallery that
 retrieve scored (E[AP] = (R-1)/(N-1) + H_N (N-R) / (N (N-1)) for R relevant scenes out of N,
-E[NN] = R/N), averaged like the metrics. The random method is one draw of that. Prints figures only.
+E[NN] = R/N), averaged like the metrics. The random method is one draw of that. With a zero-shot
+split (data.split zero_shot: the metrics carry ``test_unseen_mAP``) it also prints the zero-shot
+table: per method and query domain, the unseen protocol (unseen-class queries against the
+unseen-class scenes) P@k, mAP@k, NN and mAP, then the generalised mAP and NN (the same queries
+against the whole gallery), with the chance level of both settings from the same galleries.
+Prints figures only.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_ORDER = ("cvae1", "vgg_baseline", "random")
+# print order; methods not named here follow, sorted
+METHOD_ORDER = ("cvae1", "zs_cvae", "zs_caae", "parallel_vae", "siamese", "triplet", "vgg_baseline", "random")
+UNSEEN, GENERALISED = "unseen", "generalised"  # scenesearch.domains.UNSEEN, scenesearch.evaluation.step.GENERALISED
 
 
 def expected_random(relevant: np.ndarray, n: int) -> tuple[float, float]:
@@ -60,6 +67,59 @@ def chance(rankings: Path, splits: tuple[str, ...]) -> dict[str, tuple[float, fl
         rel = np.array([per_class.get(lab, 0) for lab, sp in zip(q["label"], q["split"]) if sp == split])
         out[split] = (*expected_random(rel, len(s["label"])), len(rel))
     return out
+
+
+def zero_shot_chance(rankings: Path, split: str, domains: list[str]) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """{(setting, domain): (E[mAP], E[NN], n_queries)} for the unseen-class `split` queries: setting
+    "unseen" against the scenes whose class_split is unseen, "generalised" against every scene;
+    domain "" is every query domain together."""
+    import pyarrow.parquet as pq
+
+    q = pq.read_table(rankings / "queries.parquet").to_pydict()
+    s = pq.read_table(rankings / "scenes.parquet").to_pydict()
+    s_label, s_cls = np.asarray(s["label"]), np.asarray(s["class_split"])
+    q_label, q_split, q_dom, q_cls = (np.asarray(q[c]) for c in ("label", "split", "domain", "class_split"))
+    out = {}
+    for setting, gallery in ((UNSEEN, s_cls == UNSEEN), (GENERALISED, np.ones(len(s_label), bool))):
+        labels, counts = np.unique(s_label[gallery], return_counts=True)
+        per_class = dict(zip(labels.tolist(), counts.tolist()))
+        for d in ["", *domains]:
+            mask = (q_split == split) & (q_cls == UNSEEN) & ((q_dom == d) if d else True)
+            rel = np.array([per_class.get(lab, 0) for lab in q_label[mask].tolist()])
+            out[(setting, d)] = (*expected_random(rel, int(gallery.sum())), int(mask.sum()))
+    return out
+
+
+def zero_shot_domains(metrics: dict[str, dict[str, float]], split: str) -> list[str]:
+    """The query domains of the unseen group in a metrics.json (test_unseen_<domain>_mAP)."""
+    pat = re.compile(rf"^{split}_{UNSEEN}_(.+)_mAP$")
+    return sorted({m.group(1) for vals in metrics.values() for key in vals if (m := pat.match(key))})
+
+
+def zero_shot_table(metrics: dict[str, dict[str, float]], odds: dict[tuple[str, str], tuple[float, float, int]], split: str, domains: list[str]) -> str:
+    """Per method and query domain ("all" first when there are several): the unseen protocol's P@k,
+    mAP@k, NN, mAP, the generalised mAP and NN and the query count; then the chance rows (E[NN],
+    E[mAP] of the unseen protocol, E[mAP], E[NN] of the generalised setting)."""
+    ks = sorted({int(m.group(1)) for vals in metrics.values() for key in vals if (m := re.match(rf"^{split}_{UNSEEN}_P_at_(\d+)$", key))})
+    k = ks[0] if ks else 0
+    names = [f"P_at_{k}", f"mAP_at_{k}", "NN", "mAP"]
+    head = (f"{'method':<16}{'domain':<8}{f'P@{k}':>10}{f'mAP@{k}':>10}{'NN':>10}{'mAP':>10}{'gen. mAP':>10}{'gen. NN':>10}{'q':>6}")
+    rows = [f"[zero-shot: unseen-class {split} queries against the unseen-class scenes; gen.: against the whole gallery]", head, "-" * len(head)]
+    keys = [m for m in METHOD_ORDER if m in metrics] + sorted(m for m in metrics if m not in METHOD_ORDER)
+    shown = domains if len(domains) == 1 else ["", *domains]  # one domain: its rows repeat the "all" ones
+    nan = float("nan")
+    for m in keys:
+        vals = metrics[m]
+        for d in shown:
+            dom = f"_{d}" if d else ""
+            cells = [vals.get(f"{split}_{UNSEEN}{dom}_{n}", nan) for n in names]
+            cells += [vals.get(f"{split}_{GENERALISED}{dom}_mAP", nan), vals.get(f"{split}_{GENERALISED}{dom}_NN", nan)]
+            n_q = int(vals.get(f"{split}_{UNSEEN}{dom}_n_queries", 0))
+            rows.append(f"{m:<16}{d or 'all':<8}" + "".join(f"{v:>10.3f}" for v in cells) + f"{n_q:>6}")
+    for d in shown:
+        u, g = odds.get((UNSEEN, d), (nan, nan, 0)), odds.get((GENERALISED, d), (nan, nan, 0))
+        rows.append(f"{'chance (E[.])':<16}{d or 'all':<8}{'':>10}{'':>10}{u[1]:>10.3f}{u[0]:>10.3f}{g[0]:>10.3f}{g[1]:>10.3f}{u[2]:>6}")
+    return "\n".join(rows)
 
 
 def run_dag(cmd: list[str], log: Path, verbose: bool) -> tuple[int, str]:
@@ -178,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         uri, exp, exp_id, name, run_id = run[-1]
         print(f"MLflow: {uri} experiment '{exp}' ({exp_id}), run '{name}' ({run_id}); report: {report}")
     print(table(metrics, odds))
+    for split in ("test", "val"):
+        if any(f"{split}_{UNSEEN}_mAP" in vals for vals in metrics.values()):
+            domains = zero_shot_domains(metrics, split)
+            print("\n" + zero_shot_table(metrics, zero_shot_chance(rankings, split, domains), split, domains) + "\n")
     for line in training(report.parent.parent):
         print(line)
     classes = per_class(report)

@@ -47,6 +47,12 @@ def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
         ({"cvae_m2": {"lr": 1}}, "unknown config field methods.cvae_m2.lr"),
         ({"vgg_baseline": {"gpu": 1}}, "methods.vgg_baseline.gpu must be true or false"),
         ({}, "methods must configure at least one method"),
+        ({"zs_cvae": {"n_centres": 200}}, "methods.zs_cvae.n_centres (200) must not exceed methods.zs_cvae.n_samples (100)"),
+        ({"zs_caae": {"lam": -1}}, "methods.zs_caae.lam must be >= 0, got -1"),
+        ({"parallel_vae": {"lambdas": [1, 2]}}, "methods.parallel_vae.lambdas must be seven weights >= 0 (l1..l7), got [1.0, 2.0]"),
+        ({"parallel_vae": {"omega": 2}}, "methods.parallel_vae.omega must be in [0, 1], got 2"),
+        ({"siamese": {"margin": 0}}, "methods.siamese.margin must be > 0, got 0"),
+        ({"triplet": {"per_query": 0}}, "methods.triplet.per_query must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_method_sections_name_the_field(smoke_cfg, sections, message):
@@ -174,3 +180,12 @@ def test_retrieve_refuses_folders_of_other_datasets(tmp_path, smoke_cfg, smoke_p
     storage.write_array(tmp_path / "b" / "embeddings.npy", storage.read_array(tmp_path / "b" / "embeddings.npy")[keep])
     with pytest.raises(DataError, match="the vgg_baseline model embedded other queries or scenes than random"):
         retrieval.run([a, b], str(tmp_path / "r"))
+
+
+def test_parallel_vae_without_semantics_turns_its_semantic_term_off_and_says_so(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features):
+    cfg = _cfg(smoke_cfg, parallel_vae={"n_samples": 2})
+    images, feats = str(smoke_preprocessed["images"]), str(smoke_features)
+    without = train.run(cfg, "parallel_vae", methods.Inputs(images=images, features=feats), str(tmp_path / "a"), progress=False)
+    assert without.params["semantics"].startswith("none") and "train_semantic" not in json.loads((tmp_path / "a" / "history.json").read_text())[0]
+    with_sem = train.run(cfg, "parallel_vae", methods.Inputs(images=images, features=feats, semantics=str(smoke_preprocessed["manifest"])), str(tmp_path / "b"), progress=False)
+    assert with_sem.params["semantics"].endswith("attributes") and "train_semantic" in json.loads((tmp_path / "b" / "history.json").read_text())[0]
