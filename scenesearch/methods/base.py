@@ -114,7 +114,12 @@ class Fitted:
 
 
 class Retriever(Protocol):
-    """A loaded method: embeds query images, scores queries against the gallery."""
+    """A loaded method: embeds query images, scores queries against the gallery.
+
+    Retrieval may be asymmetric: `fit` may embed query rows and scene views by different functions
+    (a generative method turns a query into generated image descriptors) as long as both have one
+    width; `embed` is the query side, what a served model applies to a new image.
+    """
 
     image_size: int  # side of the preprocessed square images `embed` takes
 
