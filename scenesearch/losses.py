@@ -82,15 +82,17 @@ def hardest_negative_triplet(
     return torch.where(has_negative, triplet(l2(anchors, positives), torch.where(has_negative, d_an, 0.0), margin), 0.0)
 
 
-def adversarial(prior_logits: torch.Tensor, encoded_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adversarial-autoencoder terms of a latent discriminator D (logits in, probabilities by sigmoid).
-
-    Returns:
-        (discriminator loss, encoder term), both (B,): D maximises log D(z_prior) + log(1 - D(E(x))),
-        so its loss is the negative; the encoder minimises log(1 - D(E(x))) (the minimax form,
-        as Yelamarthi et al. write it), log(1 - sigmoid(l)) = -softplus(l).
-    """
+def discriminator_loss(prior_logits: torch.Tensor, encoded_logits: torch.Tensor) -> torch.Tensor:
+    """-(log D(z_prior) + log(1 - D(E(x)))) of a latent discriminator D (logits in, probabilities
+    by sigmoid): what D minimises, i.e. it maximises log D(z_prior) + log(1 - D(E(x)))."""
     import torch.nn.functional as F
 
-    d_loss = F.softplus(-prior_logits) + F.softplus(encoded_logits)  # -log D(z) - log(1 - D(E(x)))
-    return d_loss, -F.softplus(encoded_logits)
+    return F.softplus(-prior_logits) + F.softplus(encoded_logits)
+
+
+def encoder_adversarial(encoded_logits: torch.Tensor) -> torch.Tensor:
+    """log(1 - D(E(x))), what the encoder minimises (the minimax form, as Yelamarthi et al. write
+    it): log(1 - sigmoid(l)) = -softplus(l)."""
+    import torch.nn.functional as F
+
+    return -F.softplus(encoded_logits)

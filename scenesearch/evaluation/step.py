@@ -242,7 +242,12 @@ def _gallery(d, queries, scenes, mask, thumbs, cfg: EvaluateConfig, path: Path, 
         ranked_imgs.append([thumbs[(scenes["item_id"][j], 0)] for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
     unseen = np.asarray(queries["class_split"]) == UNSEEN
-    notes = [", ".join([str(domain[i])] * (len(domains) > 1) + ["unseen class"] * bool(unseen[i])) for i in chosen]
+
+    def note(i: int) -> str:  # the query's domain when there are several, and whether its class is unseen
+        parts = [str(domain[i])] if len(domains) > 1 else []
+        return ", ".join(parts + ["unseen class"] if unseen[i] else parts)
+
+    notes = [note(i) for i in chosen]
     notes = notes if any(notes) else None
     plot_gallery(q_imgs, ranked_imgs, [queries["label"][i] for i in chosen], ranked_labels, path, title=title, query_notes=notes)
     return str(path)

@@ -82,7 +82,7 @@ class ZeroShotGenerator(nn.Module):
     loss = KL(q || p) - log p(x_img | z, x_q) + lam * ||f_NN(x_img_hat) - x_q||^2.
     CAAE (``adversarial=True``): a deterministic encoder E(x_img, x_q) -> z, the prior N(0, I)
     and a discriminator D on z; the KL term becomes the encoder's adversarial term
-    log(1 - D(E(x))) (`losses.adversarial`), D trained by `discriminator_loss`.
+    log(1 - D(E(x))) (`losses.encoder_adversarial`), D trained by `discriminator_loss`.
     """
 
     def __init__(self, d: int, latent: int, hidden: int, adversarial: bool = False):
@@ -104,7 +104,7 @@ class ZeroShotGenerator(nn.Module):
         joint = torch.cat([b.render, b.query], dim=-1)
         if self.adversarial:
             z = self.encoder(joint)
-            _, latent_term = losses.adversarial(torch.zeros(len(z), device=z.device), self.discriminator(z).squeeze(-1))
+            latent_term = losses.encoder_adversarial(self.discriminator(z).squeeze(-1))
         else:
             mu, logvar = self.encoder(joint)
             z = sample(mu, logvar)
@@ -119,8 +119,7 @@ class ZeroShotGenerator(nn.Module):
         with torch.no_grad():
             z = self.encoder(torch.cat([b.render, b.query], dim=-1))
         prior = torch.randn_like(z)
-        d_loss, _ = losses.adversarial(self.discriminator(prior).squeeze(-1), self.discriminator(z).squeeze(-1))
-        return d_loss.mean()
+        return losses.discriminator_loss(self.discriminator(prior).squeeze(-1), self.discriminator(z).squeeze(-1)).mean()
 
     def generate(self, x_q: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """(B, d) queries and (N, latent) standard-normal draws -> (B, N, d) generated image descriptors.

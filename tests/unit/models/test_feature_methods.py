@@ -56,7 +56,7 @@ def test_hardest_negative_triplet_picks_the_closest_other_class_candidate():
 
 def test_adversarial_terms_are_the_log_probabilities_of_the_discriminator():
     real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
-    d_loss, enc_term = losses.adversarial(real, fake)
+    d_loss, enc_term = losses.discriminator_loss(real, fake), losses.encoder_adversarial(fake)
     sig = torch.sigmoid
     assert d_loss.item() == pytest.approx(-(math.log(sig(real).item()) + math.log(1 - sig(fake).item())))
     assert enc_term.item() == pytest.approx(math.log(1 - sig(fake).item()))
