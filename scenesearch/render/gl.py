@@ -6,6 +6,7 @@ offscreen framebuffer (colour + depth) of one size and draws many views of one u
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,18 +137,16 @@ class Renderer:
         with self.ctx:
             return self._render(mesh, cameras, lighting, 4 if alpha else 3)
 
-    def _render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting, components: int) -> np.ndarray:
+    @contextlib.contextmanager
+    def _bound(self, mesh: SceneMesh):
+        """The mesh's vertex array, drawing into this renderer's framebuffer with depth test and the
+        mesh's face culling; released afterwards. Call inside ``with self.ctx``."""
         import moderngl
 
         ctx = self.ctx
         data = np.concatenate([mesh.positions, mesh.normals, mesh.colours], axis=1).astype("f4")
         vbo = ctx.buffer(data.tobytes())
         vao = ctx.vertex_array(self.program, [(vbo, "3f 3f 3f", "in_position", "in_normal", "in_colour")])
-        centre, radius = mesh.bounding_sphere()
-        self.program["light_dir"].value = tuple(lighting.direction)
-        self.program["ambient"].value = lighting.ambient
-        self.program["diffuse"].value = lighting.diffuse
-        out = np.empty((len(cameras), self.size, self.size, components), dtype=np.uint8)
         try:
             self.fbo.use()
             ctx.enable(moderngl.DEPTH_TEST)
@@ -155,15 +154,26 @@ class Renderer:
                 ctx.enable(moderngl.CULL_FACE)
             else:
                 ctx.disable(moderngl.CULL_FACE)
+            yield vao
+        finally:
+            vao.release()
+            vbo.release()
+
+    def _render(self, mesh: SceneMesh, cameras: list[Camera], lighting: Lighting, components: int) -> np.ndarray:
+        import moderngl
+
+        centre, radius = mesh.bounding_sphere()
+        self.program["light_dir"].value = tuple(lighting.direction)
+        self.program["ambient"].value = lighting.ambient
+        self.program["diffuse"].value = lighting.diffuse
+        out = np.empty((len(cameras), self.size, self.size, components), dtype=np.uint8)
+        with self._bound(mesh) as vao:
             for i, cam in enumerate(cameras):
                 self.program["mvp"].write(view_projection(cam, centre, radius).T.tobytes())  # GL is column-major
                 # alpha 0 on the background, 1 where a fragment is drawn (blending is off): the mask
                 self.fbo.clear(*lighting.background, 0.0, depth=1.0)
                 vao.render(moderngl.TRIANGLES)
                 out[i] = self._read(components)
-        finally:
-            vao.release()
-            vbo.release()
         return out
 
     def depth(self, mesh: SceneMesh, camera: Camera) -> np.ndarray:
@@ -178,27 +188,12 @@ class Renderer:
         """
         import moderngl
 
-        with self.ctx:
-            ctx = self.ctx
-            data = np.concatenate([mesh.positions, mesh.normals, mesh.colours], axis=1).astype("f4")
-            vbo = ctx.buffer(data.tobytes())
-            vao = ctx.vertex_array(self.program, [(vbo, "3f 3f 3f", "in_position", "in_normal", "in_colour")])
-            centre, radius = mesh.bounding_sphere()
-            try:
-                self.fbo.use()
-                ctx.enable(moderngl.DEPTH_TEST)
-                if mesh.cull_back_faces:
-                    ctx.enable(moderngl.CULL_FACE)
-                else:
-                    ctx.disable(moderngl.CULL_FACE)
-                self.program["mvp"].write(view_projection(camera, centre, radius).T.tobytes())
-                self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-                vao.render(moderngl.TRIANGLES)
-                s = self.render_size
-                raw = self.fbo.read(components=1, attachment=-1, dtype="f4")
-            finally:
-                vao.release()
-                vbo.release()
+        s = self.render_size
+        with self.ctx, self._bound(mesh) as vao:
+            self.program["mvp"].write(view_projection(camera, *mesh.bounding_sphere()).T.tobytes())
+            self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+            vao.render(moderngl.TRIANGLES)
+            raw = self.fbo.read(components=1, attachment=-1, dtype="f4")
         return np.frombuffer(raw, dtype=np.float32).reshape(s, s)[::-1].copy()  # GL rows start at the bottom
 
     def _read(self, components: int = 3) -> np.ndarray:
