@@ -241,7 +241,7 @@ def _gallery(d, queries, scenes, mask, thumbs, cfg: EvaluateConfig, path: Path, 
         top = np.argsort(d[i], kind="stable")[: cfg.gallery_top]
         ranked_imgs.append([thumbs[(scenes["item_id"][j], 0)] for j in top])
         ranked_labels.append([scenes["label"][j] for j in top])
-    unseen = np.asarray(queries["class_split"]) == UNSEEN
+    unseen = np.asarray(queries.get("class_split", [SEEN] * len(domain))) == UNSEEN  # absent: an index from before zero-shot splits
 
     def note(i: int) -> str:  # the query's domain when there are several, and whether its class is unseen
         parts = [str(domain[i])] if len(domains) > 1 else []

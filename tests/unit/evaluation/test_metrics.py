@@ -346,3 +346,16 @@ def test_the_gallery_shows_each_query_domain_in_turn(tmp_path, monkeypatch):
     monkeypatch.setattr(step, "plot_gallery", lambda q, r, ql, rl, path, title, query_notes: shown.update(labels=ql, notes=query_notes))
     step._gallery(np.zeros((6, 2)), queries, scenes, np.ones(6, bool), thumbs, EvaluateConfig(gallery_queries=3), tmp_path / "g.png", "t")
     assert shown == {"labels": ["a", "b", "c"], "notes": ["photo", "photo_easy", "photo"]}
+
+
+def test_the_gallery_marks_unseen_class_queries(tmp_path, monkeypatch):
+    from scenesearch.config import EvaluateConfig
+    from scenesearch.evaluation import step
+
+    queries = {"item_id": ["q0", "q1"], "label": ["a", "b"], "domain": ["sketch", "sketch"], "split": ["test"] * 2, "class_split": ["seen", "unseen"]}
+    scenes = {"item_id": ["s0", "s1"], "label": ["a", "b"]}
+    thumbs = {**{(q, -1): np.zeros((4, 4, 3), np.uint8) for q in queries["item_id"]}, **{(s, 0): np.zeros((4, 4, 3), np.uint8) for s in scenes["item_id"]}}
+    shown = {}
+    monkeypatch.setattr(step, "plot_gallery", lambda q, r, ql, rl, path, title, query_notes: shown.update(notes=query_notes))
+    step._gallery(np.zeros((2, 2)), queries, scenes, np.ones(2, bool), thumbs, EvaluateConfig(gallery_queries=2), tmp_path / "g.png", "t")
+    assert shown["notes"] == ["", "unseen class"]  # one domain: not named; the unseen class is
