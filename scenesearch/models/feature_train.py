@@ -26,9 +26,8 @@ import torch
 from scenesearch.config import TrainConfig
 from scenesearch.domains import SCENE, is_query
 from scenesearch.errors import DataError
-from scenesearch.features.vgg import resolve_device
 from scenesearch.models.feature_nets import PairBatch
-from scenesearch.models.train import CHECKPOINT, TrainResult, end_epoch, finish, resolve_precision, resume, write_checkpoint
+from scenesearch.models.train import CHECKPOINT, TrainResult, end_epoch, finish, optimise, prepare, resume, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +144,7 @@ def train_pairs(
     """
     from tqdm import tqdm
 
-    device = resolve_device(cfg.device, "train.device")
-    precision = resolve_precision(cfg.precision, device)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(seed)
-    model.to(device)
+    device, precision, autocast_dtype = prepare(model, cfg, seed)
     disc = getattr(model, "discriminator", None)
     disc_ids = {id(p) for p in disc.parameters()} if disc is not None else set()
     optimizer = torch.optim.Adam([p for p in model.parameters() if id(p) not in disc_ids], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -181,10 +174,7 @@ def train_pairs(
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 raise DataError(f"the training loss of {name} became {loss.item()} at epoch {epoch}; lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            optimise(loss, optimizer, scaler)
             if opt_d is not None:
                 opt_d.zero_grad(set_to_none=True)  # the encoder's step left gradients in D
                 d_loss = model.discriminator_loss(batch)

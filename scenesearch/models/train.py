@@ -125,6 +125,29 @@ def load_checkpoint(path: str | Path) -> dict | None:
         return None
 
 
+def prepare(model: torch.nn.Module, cfg: TrainConfig, seed: int) -> tuple[torch.device, str, torch.dtype | None]:
+    """Start a training run: seed torch, deterministic kernels on a CPU, the model on its device.
+
+    Returns:
+        (device, precision name, autocast dtype or None for fp32).
+    """
+    device = resolve_device(cfg.device, "train.device")
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(seed)
+    model.to(device)
+    return device, precision, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One step on `loss` through the grad scaler (a no-op scaler outside fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def resume(path: str, run_hash: str, model: torch.nn.Module, optimizers: dict, scaler, order: torch.Generator) -> tuple[dict, int]:
     """The loop state to start from: the checkpoint at `path` loaded into the model, optimisers
     (by name), grad scaler and RNGs when it carries `run_hash`, else a fresh state.
@@ -230,13 +253,7 @@ def train(
     """
     from tqdm import tqdm
 
-    device = resolve_device(cfg.device, "train.device")
-    precision = resolve_precision(cfg.precision, device)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(seed)
-    model.to(device)
+    device, precision, autocast_dtype = prepare(model, cfg, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -296,10 +313,7 @@ def train(
                     sums["unlabelled"] = sums.get("unlabelled", 0.0) + u_out["loss"].item() * len(u_idx)
             if not torch.isfinite(loss):
                 raise DataError(f"the training loss became {loss.item()} at epoch {epoch}; lower train.lr or check the images for NaN")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            optimise(loss, optimizer, scaler)
             for k in ("loss", "rec", "kl", "ce"):
                 sums[k] = sums.get(k, 0.0) + out[k].item() * len(idx)
             correct += out["correct"].item()
