@@ -31,8 +31,8 @@ def describe(config_json: str, shard: int, images: Input[Dataset], descriptors: 
     with task_edge(f"describe shard {shard}"):
         cfg = config.from_json(config_json)
         weights = step.resolve_weights(cfg.features.weights, backbone.path if backbone is not None else None)
-        desc, rate, device = step.describe(images.path, cfg.features, cfg.seed, shard, cfg.cluster.shards, weights=weights)
-        step.write_descriptors(descriptors.path, desc, rate, device)
+        desc, rate, device, maps = step.describe(images.path, cfg.features, cfg.seed, shard, cfg.cluster.shards, weights=weights)
+        step.write_descriptors(descriptors.path, desc, rate, device, maps)
     descriptors.metadata.update({"shard": shard, "n_images": len(desc), "images_per_s": rate, "device": device})
 
 

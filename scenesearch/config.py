@@ -28,6 +28,8 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 # photometric rest also applies to query photos of the train split.
 AUGMENT_OPS = ("background", "geometry", "light", "colour", "blur", "noise", "jpeg")
 CROP_REDUCE_CHOICES = ("min", "mean")
+INDEX_CHOICES = ("exact-numpy", "flat", "ivfpq")  # scenesearch.index
+KMEANS_BACKENDS = ("sklearn", "faiss")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class FeaturesConfig:
     batch_size: int = 32
     device: str = "auto"
     pca_dim: int = 128
+    # also write the VGG16 conv maps (pool4 and conv5_3, float16) beside the descriptors, so the methods
+    # over conv maps (pooled, siamese_gem, triplet_gem) at this input size start from them
+    keep_maps: bool = False
     selfsup: SelfSupConfig = field(default_factory=SelfSupConfig)  # used with weights: selfsup only
 
     def validate(self) -> None:
@@ -163,11 +168,13 @@ class SimilarityConfig:
 
     n_clusters: int = 0
     n_neighbours: int = 10
+    backend: str = "sklearn"  # k-means by scikit-learn or by FAISS (faster on large galleries)
 
     def validate(self) -> None:
         if self.n_clusters < 0:
             raise ConfigError(f"similarity.n_clusters must be >= 0 (0 = number of classes), got {self.n_clusters}")
         _positive(self, "n_neighbours")
+        _choice(self.backend, KMEANS_BACKENDS, "similarity.backend")
 
 
 @dataclass(frozen=True)
@@ -241,9 +248,15 @@ class RetrieveConfig:
     # input; the whole image is always one of the crops. []: the whole image only
     crop_scales: tuple[float, ...] = ()
     crop_reduce: str = "min"  # a scene's distance to the query: min | mean over the crops
+    # how the descriptor methods search the gallery views (scenesearch.index): exact-numpy (brute force in
+    # memory), flat (FAISS exact inner product) or ivfpq (FAISS inverted lists + product quantisation)
+    index: str = "exact-numpy"
+    index_k: int = 1000  # flat / ivfpq: views searched per query; scenes with none of them rank last
 
     def validate(self) -> None:
         _choice(self.crop_reduce, CROP_REDUCE_CHOICES, "retrieve.crop_reduce")
+        _choice(self.index, INDEX_CHOICES, "retrieve.index")
+        _positive(self, "index_k")
         for s in self.crop_scales:
             # below 0.5 the five crops leave bands uncovered between the corners
             if not 0.5 <= s < 1.0:

@@ -26,10 +26,11 @@ from sklearn.decomposition import PCA
 from scenesearch import storage
 from scenesearch.config import AugmentConfig, FeaturesConfig
 from scenesearch.errors import ConfigError, DataError
-from scenesearch.features.vgg import SELFSUP, build_descriptor, extract, resolve_device
+from scenesearch.features.vgg import MAPS, SELFSUP, build_descriptor, extract_maps, resolve_device
 
 BACKBONE_FILE = "backbone.pt"  # weights: selfsup, the trained torchvision VGG16 state dict
 SELFSUP_FILE = "selfsup.json"  # its training stats (SelfSupStats)
+MAPS_FILE = "maps.json"  # keep_maps: the input size and weights of <map>.npy (pool4.npy, conv5_3.npy)
 
 
 def fit_pca(x: np.ndarray, train_mask: np.ndarray, dim: int, seed: int = 0) -> PCA:
@@ -123,14 +124,15 @@ def pretrain(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int
 
 
 def describe(preprocessed_dir: str, cfg: FeaturesConfig, seed: int = 0, shard: int = 0, n_shards: int = 1,
-             weights: str | None = None) -> tuple[np.ndarray, float, str]:
+             weights: str | None = None) -> tuple[np.ndarray, float, str, dict[str, np.ndarray]]:
     """VGG16 descriptors of the contiguous block `shard` of `n_shards` of the images.
 
     Args:
         weights: overrides cfg.weights; with selfsup, the path of `pretrain`'s backbone.pt.
 
     Returns:
-        (descriptors (n, 5376) float32, images per second, device name).
+        (descriptors (n, 5376) float32, images per second, device name, and with cfg.keep_maps the
+        conv maps {pool4, conv5_3} (n, 512, h, w) float16, else {}).
 
     Raises:
         ConfigError: cfg.weights is selfsup and `weights` does not name the trained backbone.
@@ -142,18 +144,44 @@ def describe(preprocessed_dir: str, cfg: FeaturesConfig, seed: int = 0, shard: i
     device = resolve_device(cfg.device)
     model = build_descriptor(weights or cfg.weights, seed)
     start = time.perf_counter()
-    desc = extract(model, torch.from_numpy(np.array(images[rows], dtype=np.float32)), cfg.batch_size, device, cfg.input_size).numpy()
-    return desc, (rows.stop - rows.start) / max(time.perf_counter() - start, 1e-9), str(device)
+    desc, maps = extract_maps(model, torch.from_numpy(np.array(images[rows], dtype=np.float32)), cfg.batch_size, device, cfg.input_size,
+                              keep_maps=cfg.keep_maps)
+    for name, m in maps.items():
+        if not torch.isfinite(m).all():
+            raise DataError(f"the VGG16 {name} maps overflow float16 (largest {m.float().abs().max():.3g}); set features.keep_maps: false")
+    return desc.numpy(), (rows.stop - rows.start) / max(time.perf_counter() - start, 1e-9), str(device), {k: v.numpy() for k, v in maps.items()}
 
 
-def write_descriptors(out_dir: str, desc: np.ndarray, rate: float, device: str) -> None:
+def write_descriptors(out_dir: str, desc: np.ndarray, rate: float, device: str, maps: dict[str, np.ndarray] | None = None) -> None:
     storage.write_array(Path(out_dir) / "descriptors.npy", desc)
+    for name, m in (maps or {}).items():
+        storage.write_array(Path(out_dir) / f"{name}.npy", m)
     storage.write_bytes(Path(out_dir) / "describe.json", json.dumps({"images_per_s": rate, "device": device, "n_images": len(desc)}).encode())
 
 
+def write_maps(out_dir: str, maps: dict[str, np.ndarray], cfg: FeaturesConfig, weights: str) -> None:
+    """The kept conv maps and maps.json (what produced them), for `read_maps`."""
+    for name, m in maps.items():
+        storage.write_array(Path(out_dir) / f"{name}.npy", m)
+    storage.write_bytes(Path(out_dir) / MAPS_FILE, json.dumps({"input_size": cfg.input_size, "weights": weights, "maps": sorted(maps)}).encode())
+
+
+def read_maps(features_dir: str, name: str, input_size: int) -> np.ndarray | None:
+    """The features step's kept conv map `name` (memory-mapped float16) when it kept maps at
+    `input_size`, else None (the caller computes them)."""
+    path = Path(features_dir) / MAPS_FILE
+    if not storage.exists(path):
+        return None
+    info = json.loads(storage.read_bytes(path))
+    if info["input_size"] != input_size or name not in info["maps"]:
+        return None
+    return storage.read_array(Path(features_dir) / f"{name}.npy", mmap=True)
+
+
 def finish(preprocessed_dir: str, desc: np.ndarray, out_dir: str, cfg: FeaturesConfig, seed: int, rate: float, device: str,
-           selfsup: dict | None = None) -> FeaturesResult:
-    """Fit PCA on the train rows of the descriptors, write features.npy, index.parquet, pca.npz.
+           selfsup: dict | None = None, maps: dict[str, np.ndarray] | None = None) -> FeaturesResult:
+    """Fit PCA on the train rows of the descriptors, write features.npy, index.parquet, pca.npz
+    (and the kept conv maps with maps.json).
 
     Raises:
         DataError: the descriptors do not match the images one to one.
@@ -170,6 +198,8 @@ def finish(preprocessed_dir: str, desc: np.ndarray, out_dir: str, cfg: FeaturesC
     with storage.atomic_path(dst / "pca.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, mean=pca.mean_, components=pca.components_, explained_variance_ratio=pca.explained_variance_ratio_)
+    if maps:
+        write_maps(out_dir, maps, cfg, cfg.weights)
     storage.write_bytes(dst / "index.parquet", storage.read_bytes(src / "index.parquet"))
     return FeaturesResult(len(feats), feats.shape[1], cfg.weights, device, rate, float(pca.explained_variance_ratio_.sum()), selfsup=selfsup)
 
@@ -191,10 +221,11 @@ def merge(preprocessed_dir: str, shard_dirs: list[str], out_dir: str, cfg: Featu
             raise ConfigError("features.weights=selfsup: merging the shards needs the pretrained backbone's folder (backbone_dir), but none was given")
         selfsup = _copy_backbone(backbone_dir, out_dir)
     desc = np.concatenate([storage.read_array(Path(d) / "descriptors.npy") for d in shard_dirs])
+    maps = {name: np.concatenate([storage.read_array(Path(d) / f"{name}.npy") for d in shard_dirs]) for name in MAPS} if cfg.keep_maps else None
     stats = [json.loads(storage.read_bytes(Path(d) / "describe.json")) for d in shard_dirs]
     rate = sum(s["images_per_s"] for s in stats)  # shards run side by side on a cluster
     slowest = max(s["n_images"] / max(s["images_per_s"], 1e-9) for s in stats)
-    return dataclasses.replace(finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, stats[0]["device"], selfsup), shard_seconds=slowest)
+    return dataclasses.replace(finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, stats[0]["device"], selfsup, maps), shard_seconds=slowest)
 
 
 def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0, augment: AugmentConfig | None = None,
@@ -208,8 +239,8 @@ def run(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int = 0,
     if cfg.weights == SELFSUP:
         selfsup = pretrain(preprocessed_dir, out_dir, cfg, seed, augment, render_background)
         weights = resolve_weights(SELFSUP, out_dir)
-    desc, rate, device = describe(preprocessed_dir, cfg, seed, weights=weights)
-    return finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, device, selfsup)
+    desc, rate, device, maps = describe(preprocessed_dir, cfg, seed, weights=weights)
+    return finish(preprocessed_dir, desc, out_dir, cfg, seed, rate, device, selfsup, maps)
 
 
 def _copy_backbone(backbone_dir: str, out_dir: str) -> dict:

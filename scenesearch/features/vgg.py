@@ -25,6 +25,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg16().features indices of the ReLUs after conv3_3, conv4_3, conv5_3
 TAPS = {"conv3_3": 15, "conv4_3": 22, "conv5_3": 29}
+# the conv maps the methods over feature maps start from (`maps`): pool4 (the input of the conv5 block,
+# which the *_gem methods fine-tune) and conv5_3 after its ReLU (what pooled pools)
+MAPS = {"pool4": 23, "conv5_3": 29}
+MAP_CHANNELS = 512
 DESCRIPTOR_DIM = 4096 + 512 + 512 + 256
 SELFSUP = "selfsup"  # features.weights trained by the features step itself
 
@@ -46,16 +50,32 @@ class VGGDescriptor(nn.Module):
         return f"VGGDescriptor(weights={self.meta['weights']!r}, dim={DESCRIPTOR_DIM})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_maps(x)[0]
+
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(descriptors (B, 5376), {pool4, conv5_3} conv maps (B, 512, h, w)) in one pass."""
         x = (x - self.mean) / self.std
-        pooled = {}
+        pooled, maps = {}, {}
         for i, layer in enumerate(self.features):
             x = layer(x)
             for name, idx in TAPS.items():
                 if i == idx:
                     pooled[name] = x.mean(dim=(2, 3))  # GAP: (B, C)
+            for name, idx in MAPS.items():
+                if i == idx:
+                    maps[name] = x
         fc7 = self.fc(torch.flatten(self.avgpool(x), 1))  # (B, 4096)
         blocks = [fc7, pooled["conv5_3"], pooled["conv4_3"], pooled["conv3_3"]]
-        return torch.cat([F.normalize(b, dim=1) for b in blocks], dim=1)  # (B, 5376)
+        return torch.cat([F.normalize(b, dim=1) for b in blocks], dim=1), maps  # (B, 5376)
+
+    def maps(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """The conv map `name` (a key of MAPS) of images (B, 3, H, W) in [0, 1], without the rest."""
+        x = (x - self.mean) / self.std
+        return self.features[: MAPS[name] + 1](x)
+
+    def conv5(self, pool4: torch.Tensor) -> torch.Tensor:
+        """conv5_3 (after its ReLU) from pool4 maps: the conv5 block alone."""
+        return self.features[MAPS["pool4"] + 1 : MAPS["conv5_3"] + 1](pool4)
 
 
 def build_descriptor(weights: str = "none", seed: int = 0) -> VGGDescriptor:
@@ -111,17 +131,51 @@ def resolve_device(name: str, field: str = "features.device") -> torch.device:
     return torch.device(name)
 
 
+def resize(x: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Square images to the network's input side (antialiased bilinear), unchanged when they match."""
+    if x.shape[-1] == input_size:
+        return x
+    return F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
+
+
 @torch.inference_mode()
 def extract(model: VGGDescriptor, images: torch.Tensor, batch_size: int, device: torch.device, input_size: int, progress: bool = True) -> torch.Tensor:
     """Descriptors of (N, 3, H, W) images in [0, 1], batched on `device`; (N, 5376) float32 on the CPU."""
+    return extract_maps(model, images, batch_size, device, input_size, progress, keep_maps=False)[0]
+
+
+@torch.inference_mode()
+def extract_maps(model: VGGDescriptor, images: torch.Tensor, batch_size: int, device: torch.device, input_size: int, progress: bool = True,
+                 keep_maps: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Descriptors (N, 5376) float32 and, with `keep_maps`, the MAPS conv maps (N, 512, h, w) as
+    float16 (half the memory; their values are ReLU activations of modest range), on the CPU."""
+    from tqdm import tqdm
+
+    model = model.to(device)
+    out, maps = [], {name: [] for name in MAPS} if keep_maps else {}
+    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress):
+        x = resize(images[start : start + batch_size].to(device, non_blocking=True), input_size)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            desc, m = model.forward_maps(x)
+        out.append(desc.float().cpu())
+        for name in maps:
+            maps[name].append(m[name].to(torch.float16).cpu())
+    side = input_size // 16
+    return (torch.cat(out) if out else torch.empty((0, DESCRIPTOR_DIM)),
+            {n: torch.cat(v) if v else torch.empty((0, MAP_CHANNELS, side, side), dtype=torch.float16) for n, v in maps.items()})
+
+
+@torch.inference_mode()
+def conv_maps(model: VGGDescriptor, images: torch.Tensor, name: str, batch_size: int, device: torch.device, input_size: int,
+              progress: bool = False) -> torch.Tensor:
+    """The conv map `name` (pool4 or conv5_3) of (N, 3, H, W) images: (N, 512, h, w) float16 on the CPU."""
     from tqdm import tqdm
 
     model = model.to(device)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch", disable=not progress):
-        x = images[start : start + batch_size].to(device, non_blocking=True)
-        if x.shape[-1] != input_size:
-            x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
+    for start in tqdm(range(0, len(images), batch_size), desc=name, unit="batch", disable=not progress):
+        x = resize(images[start : start + batch_size].to(device, non_blocking=True), input_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty((0, DESCRIPTOR_DIM))
+            out.append(model.maps(x, name).to(torch.float16).cpu())
+    side = input_size // 16
+    return torch.cat(out) if out else torch.empty((0, MAP_CHANNELS, side, side), dtype=torch.float16)

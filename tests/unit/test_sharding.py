@@ -1,5 +1,7 @@
 """Sharded render and descriptors, joined by their merge steps, equal the unsharded steps."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,24 @@ def test_descriptor_shards_merge_into_the_unsharded_features(tmp_path, smoke_pre
     a = storage.read_array(tmp_path / "whole" / "features.npy")
     b = storage.read_array(tmp_path / "merged" / "features.npy")
     np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-3, atol=1e-3)  # PCA components are defined up to sign
+
+
+def test_kept_conv_maps_merge_into_the_unsharded_maps(tmp_path, smoke_preprocessed, smoke_cfg):
+    cfg = dataclasses.replace(smoke_cfg.features, keep_maps=True)
+    images = str(smoke_preprocessed["images"])
+    features.run(images, str(tmp_path / "whole"), cfg, smoke_cfg.seed)
+    dirs = [str(tmp_path / f"d{i}") for i in range(2)]
+    for i, d in enumerate(dirs):
+        features.write_descriptors(d, *features.describe(images, cfg, smoke_cfg.seed, i, 2))
+    features.merge(images, dirs, str(tmp_path / "merged"), cfg, smoke_cfg.seed)
+    n = storage.read_table(smoke_preprocessed["images"] / "index.parquet").num_rows
+    side = cfg.input_size // 16
+    for name, shape in (("pool4", (n, 512, side, side)), ("conv5_3", (n, 512, side, side))):
+        a = features.read_maps(str(tmp_path / "whole"), name, cfg.input_size)
+        b = features.read_maps(str(tmp_path / "merged"), name, cfg.input_size)
+        assert a.shape == shape and a.dtype == np.float16 and np.isfinite(a).all()
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-3)
+    assert features.read_maps(str(tmp_path / "whole"), "conv5_3", 64) is None  # kept at another size: the method computes its own
 
 
 def test_a_missing_descriptor_shard_is_named(tmp_path, smoke_preprocessed, smoke_cfg):
