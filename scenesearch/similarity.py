@@ -1,4 +1,4 @@
-"""Visual similarity detection: k-means (scikit-learn) over render features.
+"""Visual similarity detection: k-means (scikit-learn or FAISS) over render features.
 
 Gives each render a cluster id and a list of "sufficiently similar" candidate scenes (the
 nearest renders of other scenes in the same cluster, by cosine similarity), and measures how
@@ -16,8 +16,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from scenesearch import storage
-from scenesearch.config import SimilarityConfig
-from scenesearch.errors import DataError
+from scenesearch.config import KMEANS_BACKENDS, SimilarityConfig
+from scenesearch.errors import ConfigError, DataError
 
 CLUSTERS_SCHEMA = pa.schema(
     [
@@ -40,12 +40,59 @@ def cluster_purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(table.max(axis=1).sum() / len(labels))
 
 
-def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """Cluster ids of L2-normalised rows (k-means on the sphere approximates cosine clustering)."""
+def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0, backend: str = "sklearn") -> np.ndarray:
+    """Cluster ids of L2-normalised rows (k-means on the sphere approximates cosine clustering).
+
+    Args:
+        x: (n, d) features.
+        n_clusters: k.
+        seed: seeds the initialisations.
+        backend: "sklearn" (KMeans, 4 k-means++ initialisations) or "faiss" (faiss.Kmeans from 4
+            k-means++ initialisations, 100 iterations each, the lowest-inertia one kept; it fits on a
+            seeded sample of at most 256 rows per cluster, then assigns every row to its nearest
+            centroid, which is what makes it fast on large galleries).
+
+    Returns:
+        (n,) int32 cluster ids in [0, n_clusters).
+
+    Raises:
+        ConfigError: backend is not one of KMEANS_BACKENDS.
+        DataError: fewer rows than clusters.
+    """
+    if backend not in KMEANS_BACKENDS:
+        raise ConfigError(f"similarity.backend must be one of {', '.join(KMEANS_BACKENDS)}; got '{backend}'")
     if len(x) < n_clusters:
         raise DataError(f"k-means needs at least {n_clusters} items, got {len(x)}")
     xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit_predict(xn).astype(np.int32)
+    if backend == "sklearn":
+        return KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit_predict(xn).astype(np.int32)
+    return _faiss_kmeans(np.ascontiguousarray(xn, dtype=np.float32), n_clusters, seed)
+
+
+def _faiss_kmeans(x: np.ndarray, n_clusters: int, seed: int, n_init: int = 4, niter: int = 100) -> np.ndarray:
+    """(n,) int32 nearest-centroid ids of FAISS k-means on (n, d) float32 rows, best of n_init runs.
+
+    FAISS seeds its centroids with random rows, which often leaves two centroids in one blob and
+    none in another (nredo does not fix that at few clusters); k-means++ seeding, as scikit-learn
+    does, avoids it.
+    """
+    import faiss
+    from sklearn.cluster import kmeans_plusplus
+
+    rng = np.random.default_rng(seed)
+    n_fit = min(len(x), 256 * n_clusters)  # FAISS's own default sample size
+    fit = x if n_fit == len(x) else x[np.sort(rng.choice(len(x), n_fit, replace=False))]
+    best, best_inertia = None, np.inf
+    for run in range(n_init):
+        init, _ = kmeans_plusplus(fit, n_clusters, random_state=seed + run)
+        # min_points_per_centroid=1: small galleries are fine here, and FAISS would print a warning to stderr
+        km = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed + run, min_points_per_centroid=1, max_points_per_centroid=n_fit)
+        km.train(fit, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+        dist, _ = km.index.search(fit, 1)
+        if dist.sum() < best_inertia:
+            best, best_inertia = km, float(dist.sum())
+    _, ids = best.index.search(x, 1)  # (n, 1) nearest centroid
+    return ids[:, 0].astype(np.int32)
 
 
 def similar_candidates(x: np.ndarray, clusters: np.ndarray, item_ids: np.ndarray, k: int) -> list[list[str]]:
@@ -89,7 +136,7 @@ def run(features_dir: str, out_dir: str, cfg: SimilarityConfig, seed: int = 0) -
     labels = np.asarray(index["label"])[rows]
     item_ids = np.asarray(index["item_id"])[rows]
     k = cfg.n_clusters or len(np.unique(labels))
-    clusters = kmeans(feats[rows], k, seed)
+    clusters = kmeans(feats[rows], k, seed, cfg.backend)
     neighbours = similar_candidates(feats[rows], clusters, item_ids, cfg.n_neighbours)
     table = {
         "item_id": item_ids.tolist(),
