@@ -109,12 +109,26 @@ def validator(make_head: Callable[[Any], Head], feats, index: dict, k: int) -> C
     return validate
 
 
+def descriptor_rows(ctx: FitContext) -> tuple[Any, dict]:
+    """The default training inputs: the VGG descriptors of every row, scaled, and their meta
+    (`vgg_baseline.save_descriptor` writes what a served model needs to embed like them)."""
+    import torch
+
+    from scenesearch.methods.vgg_baseline import save_descriptor
+    from scenesearch.models.feature_nets import scale_descriptors
+
+    descriptors, meta = save_descriptor(ctx, ctx.entry.method)
+    return scale_descriptors(torch.from_numpy(descriptors)), meta
+
+
 def fit_pairs(
     ctx: FitContext,
     build: Callable[[dict], Any],
     make_head: Callable[[Any, dict], Head],
     step: Callable[[Any, Any], dict],
     semantics: bool = False,
+    rows: Callable[[FitContext], tuple[Any, dict]] = descriptor_rows,
+    data_hook: Callable[[Any, Any], Any] | None = None,
 ) -> Fitted:
     """Train a descriptor-pair method and write its folder: network.pt beside the descriptor files.
 
@@ -123,18 +137,17 @@ def fit_pairs(
         make_head: (network, meta) -> its Head.
         step: (network, PairBatch) -> per-row loss terms with "loss".
         semantics: the method can use the class semantics vectors (when the dataset has them).
+        rows: ctx -> (the network's input (N, ...) for every index row, meta); default the descriptors.
+        data_hook: (PairData, network) -> the data to train on (e.g. with negatives mined by the network).
     """
     import torch
 
     from scenesearch.data.ingest import read_semantics
-    from scenesearch.methods.vgg_baseline import save_descriptor
-    from scenesearch.models.feature_nets import scale_descriptors
     from scenesearch.models.feature_train import pair_data, train_pairs
     from scenesearch.models.train import config_hash
 
     name, run = ctx.entry.method, ctx.run
-    descriptors, meta = save_descriptor(ctx, name)
-    feats = scale_descriptors(torch.from_numpy(descriptors))
+    feats, meta = rows(ctx)
     index = ctx.index.to_pydict()
     sem = read_semantics(ctx.inputs.semantics) if semantics and ctx.inputs.semantics else None
     data = pair_data(feats, index, sem)
@@ -144,10 +157,13 @@ def fit_pairs(
     meta.update(d=int(feats.shape[1]), n_semantics=int(data.semantics.shape[1]) if data.semantics is not None else 0, config=config, classes=data.classes)
     torch.manual_seed(run.seed)
     model = build(meta)
+    if data_hook is not None:
+        data = data_hook(data, model)
     validate = validator(lambda m: make_head(m, meta), feats, index, run.evaluate.k)
     run_hash = config_hash(run.train, {"method": name, "config": config, "seed": run.seed, "classes": data.classes, "n": len(data.query_rows),
                                        "weights": run.features.weights, "d": meta["d"], "n_semantics": meta["n_semantics"]})
-    result = train_pairs(model, data, step, run.train, ctx.checkpoint_dir, run.seed, run_hash, ctx.config.per_query, validate,
+    train_cfg = dataclasses.replace(run.train, **{k: getattr(ctx.config, k) for k in ("epochs", "lr") if getattr(ctx.config, k, 0)})
+    result = train_pairs(model, data, step, train_cfg, ctx.checkpoint_dir, run.seed, run_hash, getattr(ctx.config, "per_query", 1), validate,
                          on_epoch=ctx.on_epoch, progress=ctx.progress, name=name)
     model.cpu()
     buf = io.BytesIO()
@@ -171,16 +187,25 @@ def fit_pairs(
     return Fitted(emb, meta, metrics, params, result.history)
 
 
-class PairRetriever:
-    """A loaded descriptor-pair method: VGG descriptor + PCA, scaled, then the head's query embedding."""
+def descriptor_encoder(folder: Path, meta: dict) -> tuple[Callable, int]:
+    """(images -> scaled VGG descriptors + PCA, the image size): how `descriptor_rows` inputs are made
+    from a new image."""
+    from scenesearch.methods.vgg_baseline import VGGRetriever
+    from scenesearch.models.feature_nets import scale_descriptors
 
-    def __init__(self, folder: Path, meta: dict, build: Callable[[dict], Any], make_head: Callable[[Any, dict], Head]):
+    descriptor = VGGRetriever(folder, meta)
+    return (lambda images: scale_descriptors(descriptor.embed(images))), descriptor.image_size
+
+
+class PairRetriever:
+    """A loaded descriptor-pair method: its inputs made from the image (`encoder`: the VGG descriptor
+    + PCA, scaled, by default), then the head's query embedding."""
+
+    def __init__(self, folder: Path, meta: dict, build: Callable[[dict], Any], make_head: Callable[[Any, dict], Head],
+                 encoder: Callable[[Path, dict], tuple[Callable, int]] = descriptor_encoder):
         import torch
 
-        from scenesearch.methods.vgg_baseline import VGGRetriever
-
-        self.descriptor = VGGRetriever(folder, meta)
-        self.image_size = self.descriptor.image_size
+        self.encode, self.image_size = encoder(folder, meta)
         net = build(meta)
         net.load_state_dict(torch.load(io.BytesIO(storage.read_bytes(Path(folder) / NETWORK_FILE)), map_location="cpu", weights_only=True))
         self.head = make_head(net.eval(), meta)
@@ -188,10 +213,8 @@ class PairRetriever:
     def embed(self, images):
         import torch
 
-        from scenesearch.models.feature_nets import scale_descriptors
-
         with torch.no_grad():
-            return self.head.embed_queries(scale_descriptors(self.descriptor.embed(images))).float()
+            return self.head.embed_queries(self.encode(images)).float()
 
     def score(self, queries, gallery):
         return self.head.score(queries, gallery)

@@ -209,3 +209,23 @@ class TwoBranchHead(nn.Module):
 
     def render(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(self.render_head(x), dim=-1)
+
+
+class GeMNet(nn.Module):
+    """VGG16's conv5 block (conv5_1..conv5_3 with their ReLUs, trainable) + GeM with a learnable p +
+    L2, over pool4 maps (B, 512, h, w): the network the *_gem methods fine-tune (Radenović et al.;
+    conv1..conv4 stay frozen so a CPU can train it on the features step's kept maps). One branch for
+    queries and renders alike."""
+
+    def __init__(self, conv5: nn.Module, p: float = 3.0):
+        super().__init__()
+        from scenesearch.features.pooling import GeM
+
+        self.block = conv5
+        self.gem = GeM(p)
+        self.block.requires_grad_(True)
+
+    def forward(self, pool4: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.gem(self.block(pool4.float())), dim=-1)  # kept maps are float16
+
+    query = render = forward

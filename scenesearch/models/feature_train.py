@@ -69,6 +69,60 @@ class PairData:
         return PairBatch(f[q].to(device), f[r].to(device), f[nr].to(device), f[nq].to(device), label.to(device), neg_label.to(device), sem)
 
 
+def hardest_negatives(anchors: torch.Tensor, anchor_labels: torch.Tensor, pool: torch.Tensor, pool_labels: torch.Tensor) -> torch.Tensor:
+    """(A,) the index in `pool` of each anchor's hardest negative: the pool item of another class
+    closest to it (Euclidean; unit-norm embeddings rank as by cosine); -1 where the pool holds none."""
+    d = torch.cdist(anchors.float(), pool.float())
+    d = d.masked_fill(anchor_labels.view(-1, 1) == pool_labels.view(1, -1), float("inf"))
+    best = d.argmin(dim=1)
+    return torch.where(torch.isfinite(d.gather(1, best.view(-1, 1))).view(-1), best, -1)
+
+
+@dataclass
+class MinedPairData(PairData):
+    """Training tuples for fine-tuning a CNN (Radenović et al.): anchors are train queries and
+    renders, the positive a render of the anchor's class, the negative the hardest other-class render
+    of a pool of `pool_size` renders drawn and embedded afresh by the current model every epoch.
+    Set `model` (rows' inputs -> embeddings) before sampling."""
+
+    tuples: int = 512  # tuples per epoch
+    pool_size: int = 1000
+    model: torch.nn.Module | None = None
+
+    @torch.no_grad()
+    def embed(self, rows: torch.Tensor, batch: int = 256) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for i in range(0, len(rows), batch):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(self.model(self.feats[rows[i : i + batch]].to(device)).float().cpu())
+        self.model.train(was_training)
+        return torch.cat(out)
+
+    def sample(self, generator: torch.Generator, per_query: int) -> tuple[torch.Tensor, ...]:
+        n = len(self.query_rows)
+        pick = torch.randperm(n, generator=generator)[: self.tuples] if self.tuples <= n else torch.randint(n, (self.tuples,), generator=generator)
+        q, label = self.query_rows[pick], self.query_labels[pick]
+        render = _pick(*self._render_groups, label, generator)
+        pool = torch.randperm(len(self.render_rows), generator=generator)[: self.pool_size]
+        pool_rows, pool_labels = self.render_rows[pool], self.render_labels[pool]
+        idx = hardest_negatives(self.embed(q), label, self.embed(pool_rows), pool_labels)
+        n_cls = len(self.classes)  # an anchor whose class fills the pool gets a random other-class render
+        fallback = (label + 1 + (torch.rand(len(q), generator=generator) * (n_cls - 1)).long().clamp_max(n_cls - 2)) % n_cls
+        neg_label = torch.where(idx >= 0, pool_labels[idx.clamp_min(0)], fallback)
+        neg_render = torch.where(idx >= 0, pool_rows[idx.clamp_min(0)], _pick(*self._render_groups, fallback, generator))
+        neg_query = _pick(*self._query_groups, neg_label, generator)
+        return q, render, neg_render, neg_query, label, neg_label
+
+
+def mined(data: PairData, tuples: int, pool_size: int) -> MinedPairData:
+    """`data` with every train render also an anchor (render-render pairs beside query-render ones)."""
+    return MinedPairData(data.feats, data.classes, torch.cat([data.query_rows, data.render_rows]), torch.cat([data.query_labels, data.render_labels]),
+                         data.render_rows, data.render_labels, data.semantics, tuples=tuples, pool_size=pool_size)
+
+
 def _groups(rows: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     order = torch.argsort(labels, stable=True)
     counts = torch.bincount(labels, minlength=n_classes)

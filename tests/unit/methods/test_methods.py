@@ -25,11 +25,15 @@ def smoke_features(tmp_path_factory, smoke_preprocessed, smoke_cfg):
 # the smoke preset's methods and the descriptor-pair methods, small
 DESCRIPTOR_METHODS = {"zs_cvae": {"n_samples": 12, "n_centres": 3}, "zs_caae": {"n_samples": 12, "n_centres": 3},
                       "parallel_vae": {"n_samples": 4}, "siamese": {}, "triplet": {}}
+# the CBIR baselines over VGG16 conv maps: every pooling, both whitenings, both expansions, diffusion
+POOLED_VARIANTS = ["mac", "spoc", "gem_lw", "rmac_pw", "gem_pw_aqe", "mac_alphaqe_dfs"]
+MAP_METHODS = {"pooled": {"variants": POOLED_VARIANTS}, "siamese_gem": {"epochs": 2, "tuples": 32, "pool_size": 40},
+               "triplet_gem": {"epochs": 1, "tuples": 32, "pool_size": 40}}
 
 
 def _cfg(smoke_cfg, **method_sections):
     return dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1),
-                               methods=method_sections or {**smoke_cfg.methods, **DESCRIPTOR_METHODS})
+                               methods=method_sections or {**smoke_cfg.methods, **DESCRIPTOR_METHODS, **MAP_METHODS})
 
 
 def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
@@ -53,6 +57,15 @@ def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
         ({"parallel_vae": {"omega": 2}}, "methods.parallel_vae.omega must be in [0, 1], got 2"),
         ({"siamese": {"margin": 0}}, "methods.siamese.margin must be > 0, got 0"),
         ({"triplet": {"per_query": 0}}, "methods.triplet.per_query must be an integer >= 1, got 0"),
+        ({"pooled": {"variants": ["maxpool"]}}, "methods.pooled.variants: 'maxpool' must start with one of mac, spoc, gem, rmac"),
+        ({"pooled": {"variants": ["gem_pw_lw"]}}, "methods.pooled.variants: 'gem_pw_lw' sets whiten twice"),
+        ({"pooled": {"variants": ["gem_qe"]}}, "methods.pooled.variants: 'gem_qe' has the unknown option 'qe'; options: pw, lw, aqe, alphaqe, dfs"),
+        ({"pooled": {"p": 0.5}}, "methods.pooled.p must be >= 1, got 0.5"),
+        ({"pooled": {"diffusion_alpha": 1.0}}, "methods.pooled.diffusion_alpha must be in (0, 1), got 1.0"),
+        ({"vgg_baseline": {"whiten": "zca"}}, "methods.vgg_baseline.whiten must be one of ['none', 'pca', 'learned'], got 'zca'"),
+        ({"vgg_baseline": {"query_expansion": "dqe"}}, "methods.vgg_baseline.query_expansion must be one of ['none', 'average', 'alpha'], got 'dqe'"),
+        ({"siamese_gem": {"input_size": 16}}, "methods.siamese_gem.input_size must be 0 (features.input_size) or >= 32, got 16"),
+        ({"triplet_gem": {"pool_size": 0}}, "methods.triplet_gem.pool_size must be > 0, got 0"),
     ],
 )
 def test_bad_method_sections_name_the_field(smoke_cfg, sections, message):
@@ -93,7 +106,7 @@ def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg, tmp_path, m
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random", *DESCRIPTOR_METHODS])
+@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random", *DESCRIPTOR_METHODS, *POOLED_VARIANTS, "siamese_gem", "triplet_gem"])
 def test_every_registered_method_fits_scores_and_reloads(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, key):
     cfg = _cfg(smoke_cfg)
     inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
@@ -189,3 +202,73 @@ def test_parallel_vae_without_semantics_turns_its_semantic_term_off_and_says_so(
     assert without.params["semantics"].startswith("none") and "train_semantic" not in json.loads((tmp_path / "a" / "history.json").read_text())[0]
     with_sem = train.run(cfg, "parallel_vae", methods.Inputs(images=images, features=feats, semantics=str(smoke_preprocessed["manifest"])), str(tmp_path / "b"), progress=False)
     assert with_sem.params["semantics"].endswith("attributes") and "train_semantic" in json.loads((tmp_path / "b" / "history.json").read_text())[0]
+
+
+def test_vgg_baseline_takes_whitening_query_expansion_and_diffusion_as_options(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features):
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
+    plain = train.run(_cfg(smoke_cfg, vgg_baseline={}), "vgg_baseline", inputs, str(tmp_path / "plain"), progress=False)
+    cfg = _cfg(smoke_cfg, vgg_baseline={"whiten": "learned", "query_expansion": "alpha", "diffusion": True})
+    post = train.run(cfg, "vgg_baseline", inputs, str(tmp_path / "post"), progress=False)
+    assert plain.params["whiten"] == "none" and post.params == {**post.params, "whiten": "learned", "query_expansion": "alpha", "diffusion": "true"}
+    d_plain = retrieval.score_folder(tmp_path / "plain")[2]
+    d_post = retrieval.score_folder(tmp_path / "post")[2]
+    assert d_post.shape == d_plain.shape and np.isfinite(d_post).all() and not np.allclose(d_post, d_plain)
+    _, retriever = train.load(tmp_path / "post")
+    index = storage.read_table(tmp_path / "post" / "index.parquet").to_pydict()
+    rows = [i for i, (dom, f) in enumerate(zip(index["domain"], index["flip"])) if dom == "photo" and not f][:3]
+    images = storage.read_array(smoke_preprocessed["images"] / "images.npy")
+    np.testing.assert_allclose(retriever.embed(torch.from_numpy(images[rows])).numpy(), storage.read_array(tmp_path / "post" / "embeddings.npy")[rows], atol=1e-4)
+
+
+def test_whitening_is_fitted_on_the_train_split_only():
+    from scenesearch.methods import _post
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    index = {"split": ["train"] * 30 + ["test"] * 30, "label": ["a", "b"] * 30}
+    cfg = _post.PostConfig()
+    changed = x.copy()
+    changed[30:] = rng.normal(size=(30, 8)) * 100 + 50  # other test rows must not move the whitening
+    for kind in ("pca", "learned"):
+        a, b = _post.fit_whitening(kind, cfg, x, index, 0), _post.fit_whitening(kind, cfg, changed, index, 0)
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.projection, b.projection)
+
+
+def test_the_map_methods_read_the_kept_maps_and_compute_the_same_ones_without(tmp_path, smoke_cfg, smoke_preprocessed, caplog):
+    kept_cfg = dataclasses.replace(smoke_cfg, features=dataclasses.replace(smoke_cfg.features, keep_maps=True))
+    kept = tmp_path / "features_kept"
+    features.run(str(smoke_preprocessed["images"]), str(kept), kept_cfg.features, kept_cfg.seed)
+    cfg = _cfg(kept_cfg, pooled={"variants": ["rmac_pw"]})
+    images = str(smoke_preprocessed["images"])
+    with caplog.at_level("INFO", logger="scenesearch.methods._maps"):
+        train.run(cfg, "rmac_pw", methods.Inputs(images=images, features=str(kept)), str(tmp_path / "kept"), progress=False)
+    assert "computing VGG16" not in caplog.text
+    bigger = _cfg(kept_cfg, pooled={"variants": ["rmac_pw"], "input_size": 64})  # another size: its own maps
+    with caplog.at_level("INFO", logger="scenesearch.methods._maps"):
+        train.run(bigger, "rmac_pw", methods.Inputs(images=images, features=str(kept)), str(tmp_path / "own"), progress=False)
+    assert "computing VGG16 conv5_3 maps at 64 px" in caplog.text
+    own = storage.read_array(tmp_path / "own" / "embeddings.npy")
+    assert len(own) == len(storage.read_array(tmp_path / "kept" / "embeddings.npy")) and np.isfinite(own).all()
+    # the same size without kept maps computes what the features step kept
+    cfg_none = _cfg(smoke_cfg, pooled={"variants": ["rmac_pw"]})
+    train.run(cfg_none, "rmac_pw", methods.Inputs(images=images, features=str(kept)), str(tmp_path / "computed"), progress=False)
+    np.testing.assert_allclose(storage.read_array(tmp_path / "computed" / "embeddings.npy"), storage.read_array(tmp_path / "kept" / "embeddings.npy"), atol=2e-3)
+
+
+def test_the_descriptor_methods_search_through_the_configured_index(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, caplog):
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
+    dists = {}
+    for kind in ("exact-numpy", "flat", "ivfpq"):
+        cfg = _cfg(smoke_cfg, vgg_baseline={}, pooled={"variants": ["gem"]})
+        cfg = dataclasses.replace(cfg, retrieve=dataclasses.replace(cfg.retrieve, index=kind))
+        for key in ("vgg_baseline", "gem"):
+            result = train.run(cfg, key, inputs, str(tmp_path / kind / key), progress=False)
+            assert result.params["index"] == kind
+            with caplog.at_level("WARNING"):
+                dists[kind, key] = retrieval.score_folder(tmp_path / kind / key)[2]
+    for key in ("vgg_baseline", "gem"):
+        np.testing.assert_allclose(dists["flat", key], dists["exact-numpy", key], atol=1e-5)
+        # the smoke gallery is too small to train IVF-PQ: it falls back to the flat index and says why
+        np.testing.assert_allclose(dists["ivfpq", key], dists["exact-numpy", key], atol=1e-5)
+    assert "flat" in caplog.text and "ivfpq" in caplog.text.lower()

@@ -17,7 +17,7 @@ from scenesearch.methods.parallel_vae import weighted_view_distances
 from scenesearch.methods.zs_cvae import centre_distances, kmeans_centres
 from scenesearch.models import feature_nets
 from scenesearch.models.feature_nets import PairBatch, ParallelVAE, ZeroShotGenerator
-from scenesearch.models.feature_train import pair_data, train_pairs
+from scenesearch.models.feature_train import hardest_negatives, mined, pair_data, train_pairs
 from scenesearch.train import training_index
 
 
@@ -183,6 +183,34 @@ def test_unseen_classes_never_reach_the_pair_sampler():
     assert (label[nr.numpy()] == names[neg.numpy()]).all() and (label[nq.numpy()] == names[neg.numpy()]).all()
     assert (lab != neg).all() and np.isin(np.asarray(index["domain"])[r.numpy()], ["scene"]).all()
     assert len(q) == 20 * len(data.query_rows)
+
+
+def test_hard_negative_mining_picks_the_closest_other_class_item():
+    anchors = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    pool = torch.tensor([[0.1, 0.0], [1.0, 0.0], [3.0, 0.0], [9.0, 9.0], [50.0, 50.0]])
+    pool_labels = torch.tensor([0, 1, 1, 0, 1])
+    # anchor 0 (class 0): its closest item is class 0, the closest other-class one is row 1; anchor 1
+    # (class 1): row 3 is the closest of class 0; an anchor whose class fills the pool gets -1
+    assert hardest_negatives(anchors, torch.tensor([0, 1]), pool, pool_labels).tolist() == [1, 3]
+    assert hardest_negatives(anchors[:1], torch.tensor([0]), pool[[0, 3]], torch.tensor([0, 0])).tolist() == [-1]
+
+
+def test_mined_tuples_take_the_hardest_render_of_the_pool_as_negative():
+    index = training_index(_index(n_per=6)).to_pydict()
+    feats = torch.randn(len(index["label"]), 4)
+    data = mined(pair_data(feats, index), tuples=40, pool_size=10_000)  # the pool holds every train render
+    data.model = torch.nn.Identity()
+    data.model.register_parameter("w", torch.nn.Parameter(torch.zeros(1)))  # embed() reads the device off a parameter
+    q, r, nr, _, lab, neg = data.sample(torch.Generator().manual_seed(0), per_query=1)
+    assert len(q) == 40 and (lab != neg).all()
+    renders, render_labels = data.render_rows, data.render_labels
+    for a, n, la in zip(q.tolist(), nr.tolist(), lab.tolist()):
+        other = renders[render_labels != la]
+        best = other[torch.cdist(feats[a : a + 1], feats[other]).argmin()].item()
+        assert n == best
+    # anchors are queries and renders (render-render pairs beside query-render ones)
+    domain = np.asarray(index["domain"])[q.numpy()]
+    assert "scene" in set(domain) and set(domain) - {"scene"}
 
 
 def test_pair_data_needs_two_classes_and_their_semantics():
