@@ -278,17 +278,19 @@ def test_zero_shot_sketch_and_photo_run_trains_descriptor_methods_and_answers_a_
     assert len(list((data / "sketches" / "street").glob("*.png"))) == smoke_cfg.data.queries_per_class
     preset = tmp_path / "zs.yaml"
     smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
-    methods = "methods:\n  zs_cvae:\n    n_samples: 12\n    n_centres: 3\n  parallel_vae: {}\n  triplet: {}\n  vgg_baseline: {}\n  random: {}\n"
+    methods = ("methods:\n  zs_cvae:\n    n_samples: 12\n    n_centres: 3\n  parallel_vae: {}\n  triplet: {}\n  vgg_baseline: {}\n  random: {}\n"
+               # a CBIR baseline (a variant with learned whitening and query expansion) and a fine-tuned CNN beside them
+               "  pooled:\n    variants: [gem_lw_aqe]\n    whiten_dim: 8\n  triplet_gem:\n    epochs: 2\n    tuples: 32\n    pool_size: 40\n")
     preset.write_text(smoke.split("methods:")[0] + methods + smoke.split("random: {}\n")[1])
     p = _run_smoke(tmp_path, data, "--config", str(preset), "--set", "data.split=zero_shot", "--set", "data.unseen_classes=[street]")
     assert p.returncode == 0, p.stderr[-3000:]
     table = p.stdout.split("[zero-shot: unseen-class test queries")[1]
-    assert "photo" in table and "sketch" in table and all(m in table for m in ("zs_cvae", "parallel_vae", "triplet", "vgg_baseline", "random"))
+    assert "photo" in table and "sketch" in table and all(m in table for m in ("zs_cvae", "parallel_vae", "triplet", "vgg_baseline", "random", "gem_lw_aqe", "triplet_gem"))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("scenesearch-smoke")
     parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    for key in ("zs_cvae", "parallel_vae", "triplet"):
+    for key in ("zs_cvae", "parallel_vae", "triplet", "triplet_gem"):
         for group in ("unseen_sketch", "unseen_photo", "generalised_sketch"):
             assert 0.0 <= parent.data.metrics[f"test_{key}_{group}_mAP"] <= 1.0, (key, group)
         trained = next(r for r in c.search_runs([exp.experiment_id], filter_string=f"tags.step = 'train_{key}'"))
@@ -298,7 +300,7 @@ def test_zero_shot_sketch_and_photo_run_trains_descriptor_methods_and_answers_a_
     pv = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_parallel_vae'"))
     assert pv.data.params["semantics"].endswith("attributes") and "train_semantic" in pv.data.metrics
     versions = {v.tags["method"]: v for v in c.search_model_versions("name='scenesearch-smoke'")}
-    assert set(versions) == {"zs_cvae", "parallel_vae", "triplet", "vgg_baseline"}
+    assert set(versions) == {"zs_cvae", "parallel_vae", "triplet", "vgg_baseline", "pooled", "triplet_gem"}
     sketch = sorted((data / "sketches" / "street").glob("*.png"))[0]
     q = subprocess.run(
         [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--model", f"models:/scenesearch-smoke/{versions['zs_cvae'].version}",
