@@ -153,8 +153,10 @@ def training(pipeline: Path) -> list[str]:
         key = json.loads((h.parent / "method.json").read_text()).get("key", h.parent.parent.parent.name)
         best = max(hist, key=lambda e: e.get("val_mAP", float("-inf")))
         curve = " ".join(f"{e.get('val_mAP', float('nan')):.3f}" for e in hist)
-        out.append(f"{key}: {len(hist)} epochs, best epoch {best['epoch']} (val mAP {best.get('val_mAP', float('nan')):.3f}), "
-                   f"train accuracy at the end {hist[-1].get('train_accuracy', float('nan')):.2f}; val mAP per epoch: {curve}")
+        # a classifier's accuracy where the method has one (cvae_m2), its training loss otherwise
+        last = hist[-1]
+        fit = f"train accuracy at the end {last['train_accuracy']:.2f}" if "train_accuracy" in last else f"train loss at the end {last.get('train_loss', float('nan')):.4g}"
+        out.append(f"{key}: {len(hist)} epochs, best epoch {best['epoch']} (val mAP {best.get('val_mAP', float('nan')):.3f}), {fit}; val mAP per epoch: {curve}")
     return out
 
 
@@ -185,9 +187,10 @@ def per_class(report: Path, split: str = "test") -> str:
     methods = [k for k in METHOD_ORDER if any(r["method"] == k for r in rows)] + sorted({r["method"] for r in rows} - set(METHOD_ORDER))
     classes = sorted({r["label"] for r in rows})
     value = {(r["method"], r["label"]): float(r["mAP"]) for r in rows}
-    out = [f"{split} mAP per class".ljust(18) + "".join(f"{m:>14}" for m in methods)]
+    width = max(14, *(len(m) + 2 for m in methods))  # a long variant name (rmac_pw_alphaqe) keeps its column
+    out = [f"{split} mAP per class".ljust(18) + "".join(f"{m:>{width}}" for m in methods)]
     for c in classes:
-        out.append(f"{c:<18}" + "".join(f"{value.get((m, c), float('nan')):>14.3f}" for m in methods))
+        out.append(f"{c:<18}" + "".join(f"{value.get((m, c), float('nan')):>{width}.3f}" for m in methods))
     return "\n".join(out)
 
 
