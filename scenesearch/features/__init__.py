@@ -159,11 +159,11 @@ def write_descriptors(out_dir: str, desc: np.ndarray, rate: float, device: str, 
     storage.write_bytes(Path(out_dir) / "describe.json", json.dumps({"images_per_s": rate, "device": device, "n_images": len(desc)}).encode())
 
 
-def write_maps(out_dir: str, maps: dict[str, np.ndarray], cfg: FeaturesConfig, weights: str) -> None:
+def write_maps(out_dir: str, maps: dict[str, np.ndarray], cfg: FeaturesConfig) -> None:
     """The kept conv maps and maps.json (what produced them), for `read_maps`."""
     for name, m in maps.items():
         storage.write_array(Path(out_dir) / f"{name}.npy", m)
-    storage.write_bytes(Path(out_dir) / MAPS_FILE, json.dumps({"input_size": cfg.input_size, "weights": weights, "maps": sorted(maps)}).encode())
+    storage.write_bytes(Path(out_dir) / MAPS_FILE, json.dumps({"input_size": cfg.input_size, "weights": cfg.weights, "maps": sorted(maps)}).encode())
 
 
 def read_maps(features_dir: str, name: str, input_size: int) -> np.ndarray | None:
@@ -199,7 +199,7 @@ def finish(preprocessed_dir: str, desc: np.ndarray, out_dir: str, cfg: FeaturesC
         with open(tmp, "wb") as f:
             np.savez(f, mean=pca.mean_, components=pca.components_, explained_variance_ratio=pca.explained_variance_ratio_)
     if maps:
-        write_maps(out_dir, maps, cfg, cfg.weights)
+        write_maps(out_dir, maps, cfg)
     storage.write_bytes(dst / "index.parquet", storage.read_bytes(src / "index.parquet"))
     return FeaturesResult(len(feats), feats.shape[1], cfg.weights, device, rate, float(pca.explained_variance_ratio_.sum()), selfsup=selfsup)
 

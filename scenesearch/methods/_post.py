@@ -42,9 +42,8 @@ class PostConfig(MethodConfig):
     diffusion_gamma: float = 3.0  # affinities are similarities^gamma
 
     def validate(self, prefix: str) -> None:
-        for name in ("whiten_dim",):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ConfigError(f"{prefix}.{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.whiten_dim, int) or self.whiten_dim < 0:
+            raise ConfigError(f"{prefix}.whiten_dim must be an integer >= 0, got {self.whiten_dim!r}")
         for name in ("qe_n", "diffusion_k", "diffusion_truncate"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{prefix}.{name} must be an integer >= 1, got {getattr(self, name)!r}")
