@@ -1,11 +1,19 @@
-"""Distance functions shared by methods: tensors in, tensor out, no state, no I/O."""
+"""Distance functions shared by methods: tensors in, tensor out, no state, no I/O (and `unit_rows`,
+the NumPy row normalisation every cosine computation here starts from)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # torch is imported where it is used, so loading a config never pays for it
     import torch
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm; all-zero rows stay zero instead of becoming NaN."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def min_view_cosine_distances(queries: torch.Tensor, scenes: torch.Tensor, chunk: int = 256) -> torch.Tensor:

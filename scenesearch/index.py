@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scenesearch.config import INDEX_CHOICES
+from scenesearch.distances import unit_rows
 from scenesearch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ NO_VIEW_DISTANCE = 2.0  # the largest cosine distance: scenes with no view among
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     """Rows of x as contiguous float32 with unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    return np.ascontiguousarray(unit_rows(np.asarray(x, dtype=np.float32)))
 
 
 def _check_kind(kind: str) -> None:

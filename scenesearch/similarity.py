@@ -17,6 +17,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from scenesearch import storage
 from scenesearch.config import KMEANS_BACKENDS, SimilarityConfig
+from scenesearch.distances import unit_rows
 from scenesearch.errors import ConfigError, DataError
 
 CLUSTERS_SCHEMA = pa.schema(
@@ -63,7 +64,7 @@ def kmeans(x: np.ndarray, n_clusters: int, seed: int = 0, backend: str = "sklear
         raise ConfigError(f"similarity.backend must be one of {', '.join(KMEANS_BACKENDS)}; got '{backend}'")
     if len(x) < n_clusters:
         raise DataError(f"k-means needs at least {n_clusters} items, got {len(x)}")
-    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    xn = unit_rows(x)
     if backend == "sklearn":
         return KMeans(n_clusters=n_clusters, n_init=4, random_state=seed).fit_predict(xn).astype(np.int32)
     return _faiss_kmeans(np.ascontiguousarray(xn, dtype=np.float32), n_clusters, seed)
@@ -97,7 +98,7 @@ def _faiss_kmeans(x: np.ndarray, n_clusters: int, seed: int, n_init: int = 4, ni
 
 def similar_candidates(x: np.ndarray, clusters: np.ndarray, item_ids: np.ndarray, k: int) -> list[list[str]]:
     """For each row, up to k distinct other items in its cluster, most cosine-similar first."""
-    xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    xn = unit_rows(x)
     out: list[list[str]] = [[] for _ in range(len(x))]
     for c in np.unique(clusters):
         rows = np.flatnonzero(clusters == c)

@@ -14,17 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scenesearch.distances import unit_rows
 from scenesearch.errors import DataError
 
 __all__ = ["Whitening", "learned_whitening", "pca_whitening", "same_class_pairs"]
 
 KINDS = ("pca", "learned")
-_NORM_EPS = 1e-12
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm; all-zero rows stay zero instead of becoming NaN."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _NORM_EPS)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on arrays is ambiguous, identity is enough
@@ -76,8 +71,8 @@ class Whitening:
             raise DataError(
                 f"Whitening expects descriptors of shape (n, {self.mean.shape[0]}), got {x.shape}."
             )
-        z = (_l2n(x) - self.mean) @ self.projection.T  # (n, k)
-        return _l2n(z).astype(np.float32, copy=False)
+        z = (unit_rows(x) - self.mean) @ self.projection.T  # (n, k)
+        return unit_rows(z).astype(np.float32, copy=False)
 
     def to_bytes(self) -> bytes:
         """Serialise to an .npz byte string (mean, projection, kind)."""
@@ -156,7 +151,7 @@ def pca_whitening(
     _check_params(dim, eps)
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage!r}.")
-    xn = _l2n(_check_rows(x, "PCA whitening"))
+    xn = unit_rows(_check_rows(x, "PCA whitening"))
     mean = xn.mean(axis=0)
     xc = xn - mean
     cov = xc.T @ xc / (len(xn) - 1)  # (d, d)
@@ -194,7 +189,7 @@ def learned_whitening(
         ValueError: dim or eps out of range.
     """
     _check_params(dim, eps)
-    xn = _l2n(_check_rows(x, "Learned whitening"))
+    xn = unit_rows(_check_rows(x, "Learned whitening"))
     pairs = np.asarray(pairs)
     if pairs.size == 0:
         raise DataError("Learned whitening got no matching pairs.")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from scenesearch import storage
+from scenesearch.distances import unit_rows
 from scenesearch.errors import ConfigError
 from scenesearch.features.pooling import POOLINGS
 from scenesearch.methods import _maps, _post
@@ -93,6 +94,11 @@ def describe(maps, pooling: str, p: float, levels: int, region_whitening=None) -
     return F.normalize(torch.from_numpy(white.reshape(b, r, -1)).sum(dim=1), dim=1).numpy().astype(np.float32)
 
 
+def finish(desc: np.ndarray, whitening) -> np.ndarray:
+    """The embedding of pooled descriptors: L2 -> whitening -> L2, or L2 alone without whitening."""
+    return (unit_rows(desc) if whitening is None else whitening.apply(desc)).astype(np.float32)
+
+
 def _all_rows(maps: np.ndarray, fn) -> np.ndarray:
     return np.concatenate([fn(x) for _, x in _maps.batches(maps)]) if len(maps) else np.zeros((0, 512), np.float32)
 
@@ -118,11 +124,11 @@ def fit(ctx: FitContext) -> Fitted:
     desc = _all_rows(maps, lambda x: describe(x, pooling, c.p, c.levels, region_w))
     w = _post.fit_whitening(post_global.whiten, c, desc, index, ctx.run.seed)
     _post.save_whitening(ctx.out_dir, w)
-    emb = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12) if w is None else w.apply(desc)
+    emb = finish(desc, w)
     meta.update(_post.meta(post_global, c, ctx.run), pooling=pooling, p=c.p, levels=c.levels, region_whitening=region_w is not None)
     params = {"pooling": pooling, "input_size": str(meta["input_size"]), "map": f"conv5_3 {maps.shape[2]}x{maps.shape[3]}",
               "weights": meta["weights"], **post.params(), "index": ctx.run.retrieve.index}
-    return Fitted(emb.astype(np.float32), meta, metrics={"descriptor_dim": float(emb.shape[1])}, params=params)
+    return Fitted(emb, meta, metrics={"descriptor_dim": float(emb.shape[1])}, params=params)
 
 
 class PooledRetriever:
@@ -143,8 +149,7 @@ class PooledRetriever:
 
         m = self.meta
         desc = describe(self.trunk.maps(images, "conv5_3"), m["pooling"], float(m["p"]), int(m["levels"]), self.region_w)
-        out = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12) if self.whitening is None else self.whitening.apply(desc)
-        return torch.from_numpy(out.astype(np.float32))
+        return torch.from_numpy(finish(desc, self.whitening))
 
     def score(self, queries, gallery):
         return self.scorer(queries, gallery)
