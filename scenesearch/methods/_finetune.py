@@ -73,11 +73,11 @@ def build(meta: dict, init=None):
     return GeMNet(copy.deepcopy(features[MAPS["pool4"] + 1 : MAPS["conv5_3"] + 1]), float(meta["config"]["p"]))
 
 
-def pool4_rows(ctx: FitContext):
+def pool4_rows(ctx: FitContext, trunk):
     import torch
 
-    maps = _maps.row_maps(ctx, "pool4")
-    return torch.from_numpy(maps.copy() if not maps.flags.writeable else maps), _maps.fit_meta(ctx)
+    maps = _maps.row_maps(ctx, "pool4", trunk)
+    return torch.from_numpy(maps.copy() if not maps.flags.writeable else maps), _maps.fit_meta(ctx, trunk)
 
 
 def pool4_encoder(folder: Path, meta: dict):
@@ -86,19 +86,18 @@ def pool4_encoder(folder: Path, meta: dict):
 
 
 def fit(ctx: FitContext, step: Callable) -> Fitted:
-    from scenesearch.features import resolve_weights
-    from scenesearch.features.vgg import build_descriptor
     from scenesearch.models.feature_train import mined
 
     c, f = ctx.config, ctx.run.features
-    init = build_descriptor(resolve_weights(f.weights, ctx.inputs.features or None), ctx.run.seed)
+    trunk = _maps.lazy_trunk(ctx)
+    init = trunk()  # one VGG16: the fine-tuned block's start, and the maps and saved weights when they need it
 
     def hook(data, model):
         out = mined(data, c.tuples, c.pool_size)
         out.model = model
         return out
 
-    fitted = _descriptors.fit_pairs(ctx, lambda meta: build(meta, init), Head, step, rows=pool4_rows, data_hook=hook)
+    fitted = _descriptors.fit_pairs(ctx, lambda meta: build(meta, init), Head, step, rows=lambda ctx: pool4_rows(ctx, trunk), data_hook=hook)
     fitted.params.update(input_size=str(_maps.input_size(ctx)), trainable="conv5_1..conv5_3 + GeM p", weights=f.weights)
     return fitted
 

@@ -23,12 +23,23 @@ def input_size(ctx: FitContext) -> int:
     return int(ctx.config.input_size) or ctx.run.features.input_size
 
 
-def row_maps(ctx: FitContext, name: str) -> np.ndarray:
-    """The conv map `name` (pool4 | conv5_3) of every row of ctx.index: (N, 512, h, w) float16."""
+def lazy_trunk(ctx: FitContext):
+    """() -> the run's VGG16 descriptor (`vgg_baseline.build_trunk`), built on the first call only:
+    with kept maps and random-init weights a fit needs none."""
+    import functools
+
+    from scenesearch.methods.vgg_baseline import build_trunk
+
+    return functools.cache(lambda: build_trunk(ctx))
+
+
+def row_maps(ctx: FitContext, name: str, trunk) -> np.ndarray:
+    """The conv map `name` (pool4 | conv5_3) of every row of ctx.index: (N, 512, h, w) float16;
+    `trunk()` (see `lazy_trunk`) computes them when the features step kept none at this size."""
     import torch
 
-    from scenesearch.features import read_maps, resolve_weights
-    from scenesearch.features.vgg import build_descriptor, conv_maps, resolve_device
+    from scenesearch.features import read_maps
+    from scenesearch.features.vgg import conv_maps, resolve_device
 
     size, folder = input_size(ctx), ctx.inputs.features
     kept = read_maps(folder, name, size) if folder else None
@@ -37,16 +48,15 @@ def row_maps(ctx: FitContext, name: str) -> np.ndarray:
     log.info("%s: computing VGG16 %s maps at %d px (the features step kept none at this size: features.keep_maps)", ctx.entry.key, name, size)
     images = read_array_rows(ctx.inputs.images, "images.npy", ctx.index)
     f = ctx.run.features
-    net = build_descriptor(resolve_weights(f.weights, folder or None), ctx.run.seed)
-    return conv_maps(net, torch.from_numpy(np.asarray(images, dtype=np.float32)), name, f.batch_size, resolve_device(f.device), size,
+    return conv_maps(trunk(), torch.from_numpy(np.asarray(images, dtype=np.float32)), name, f.batch_size, resolve_device(f.device), size,
                      progress=ctx.progress).numpy()
 
 
-def fit_meta(ctx: FitContext) -> dict:
+def fit_meta(ctx: FitContext, trunk) -> dict:
     """Save the trunk's weights (`vgg_baseline.save_weights`); the meta with this method's input size."""
     from scenesearch.methods.vgg_baseline import save_weights
 
-    meta = save_weights(ctx)
+    meta = save_weights(ctx, trunk)
     meta["input_size"] = input_size(ctx)
     return meta
 

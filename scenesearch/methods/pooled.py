@@ -109,8 +109,9 @@ def fit(ctx: FitContext) -> Fitted:
 
     c, variant = ctx.config, ctx.entry.variant
     pooling, post = parse(variant)
-    maps = _maps.row_maps(ctx, "conv5_3")
-    meta = _maps.fit_meta(ctx)
+    trunk = _maps.lazy_trunk(ctx)
+    maps = _maps.row_maps(ctx, "conv5_3", trunk)
+    meta = _maps.fit_meta(ctx, trunk)
     index = ctx.index.to_pydict()
     region_w = None
     if pooling == "rmac" and post.whiten == "pca":  # Tolias et al.: whiten the regions, then sum

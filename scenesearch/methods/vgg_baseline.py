@@ -85,18 +85,24 @@ class VGGRetriever:
         return min_view_cosine_distances(queries, gallery)
 
 
-def save_weights(ctx: FitContext) -> dict:
+def build_trunk(ctx: FitContext):
+    """The VGG16 descriptor network of the run's ``features.weights`` (selfsup: the features step's backbone)."""
+    from scenesearch.features import resolve_weights
+    from scenesearch.features.vgg import build_descriptor
+
+    return build_descriptor(resolve_weights(ctx.run.features.weights, ctx.inputs.features or None), ctx.run.seed)
+
+
+def save_weights(ctx: FitContext, trunk=None) -> dict:
     """Write the VGG16 state dict into ctx.out_dir unless the weights are a seeded random init
-    (`load_descriptor` rebuilds those); the meta `load_descriptor` and `VGGRetriever` read."""
+    (`load_descriptor` rebuilds those); the meta `load_descriptor` and `VGGRetriever` read.
+    `trunk`: a caller's () -> the descriptor it builds once (`build_trunk`), else built here."""
     f = ctx.run.features
     if f.weights != "none":
         import torch
 
-        from scenesearch.features import resolve_weights
-        from scenesearch.features.vgg import build_descriptor
-
         buf = io.BytesIO()
-        torch.save(build_descriptor(resolve_weights(f.weights, ctx.inputs.features or None), ctx.run.seed).state_dict(), buf)
+        torch.save((trunk() if trunk is not None else build_trunk(ctx)).state_dict(), buf)
         storage.write_bytes(ctx.out_dir / DESCRIPTOR_FILE, buf.getvalue())
     return {"weights": f.weights, "seed": ctx.run.seed, "input_size": f.input_size, "batch_size": f.batch_size, "image_size": ctx.run.preprocess.size}
 
