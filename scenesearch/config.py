@@ -169,11 +169,12 @@ class SimilarityConfig:
     n_clusters: int = 0
     n_neighbours: int = 10
     backend: str = "sklearn"  # k-means by scikit-learn or by FAISS (faster on large galleries)
+    n_candidates: int = 8  # per train-split image: the images of its cluster scene mixing may swap in (candidates.parquet)
 
     def validate(self) -> None:
         if self.n_clusters < 0:
             raise ConfigError(f"similarity.n_clusters must be >= 0 (0 = number of classes), got {self.n_clusters}")
-        _positive(self, "n_neighbours")
+        _positive(self, "n_neighbours", "n_candidates")
         _choice(self.backend, KMEANS_BACKENDS, "similarity.backend")
 
 
@@ -271,6 +272,9 @@ class EvaluateConfig:
     splits: tuple[str, ...] = ("val", "test")  # query splits reported
     gallery_queries: int = 6  # queries shown in the top-k gallery image
     gallery_top: int = 5
+    # torch-fidelity's InceptionV3 state dict (a local path or s3://) for FID / IS of generated
+    # images; empty: not computed (fid_vgg, in the VGG descriptor space, is reported instead)
+    inception_weights: str = ""
 
     def validate(self) -> None:
         _positive(self, "k", "gallery_queries", "gallery_top")

@@ -2,7 +2,12 @@
 
 Gives each render a cluster id and a list of "sufficiently similar" candidate scenes (the
 nearest renders of other scenes in the same cluster, by cosine similarity), and measures how
-well clusters match classes (purity, NMI, ARI). Scene mixing (LORBMS) draws its pairs from here.
+well clusters match classes (purity, NMI, ARI): ``clusters.parquet``.
+
+Scene mixing (LORBMS, `scenesearch.methods.lorbms`) draws its image tuples from
+``candidates.parquet``: the unflipped train-split images (renders and query photos) clustered
+by k-means on their descriptors, and for each one the images of other items in its cluster that
+may replace its quadrants, most similar first. No label is read for it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ CLUSTERS_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("cluster", pa.int32()),
         ("neighbours", pa.list_(pa.string())),
+    ]
+)
+CANDIDATES_FILE = "candidates.parquet"
+CANDIDATES_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),  # row of the features (= preprocess) index
+        ("item_id", pa.string()),
+        ("domain", pa.string()),
+        ("view", pa.int32()),
+        ("cluster", pa.int32()),
+        ("candidates", pa.list_(pa.int64())),  # index rows of other items of the cluster, most similar first
     ]
 )
 
@@ -115,6 +131,54 @@ def similar_candidates(x: np.ndarray, clusters: np.ndarray, item_ids: np.ndarray
     return out
 
 
+def image_candidates(x: np.ndarray, clusters: np.ndarray, items: np.ndarray, k: int) -> list[np.ndarray]:
+    """For each row, up to k rows of its cluster that belong to another item, most cosine-similar first.
+
+    Other views of the same scene (or the same photo) are never candidates: a quadrant swapped
+    in from them would teach the mixing nothing.
+
+    Args:
+        x: (n, d) descriptors. clusters: (n,) cluster ids. items: (n,) the item each row shows.
+
+    Returns:
+        n int64 arrays of row positions into `x`.
+    """
+    xn = unit_rows(x)
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(x)
+    for c in np.unique(clusters):
+        rows = np.flatnonzero(clusters == c)
+        sims = xn[rows] @ xn[rows].T  # (n_c, n_c), one cluster at a time
+        sims[items[rows][:, None] == items[rows][None, :]] = -np.inf  # itself and its own item's other rows
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        for i, r in enumerate(rows):
+            keep = order[i][np.isfinite(sims[i, order[i]])]
+            out[r] = rows[keep].astype(np.int64)
+    return out
+
+
+def candidates_table(feats: np.ndarray, index: dict, cfg: SimilarityConfig, n_clusters: int, seed: int) -> pa.Table:
+    """`image_candidates` over the unflipped train-split rows of a features index (renders and
+    queries alike), clustered by k-means into `n_clusters`; empty when the split has too few rows."""
+    split, flip = np.asarray(index["split"]), np.asarray(index["flip"])
+    rows = np.flatnonzero((split == "train") & ~flip)
+    if len(rows) < max(n_clusters, 2):
+        return CANDIDATES_SCHEMA.empty_table()
+    clusters = kmeans(feats[rows], n_clusters, seed, cfg.backend)
+    items = np.asarray([f"{d}/{i}" for d, i in zip(np.asarray(index["domain"])[rows], np.asarray(index["item_id"])[rows])])
+    cands = image_candidates(feats[rows], clusters, items, cfg.n_candidates)
+    return pa.Table.from_pydict(
+        {
+            "row": rows.astype(np.int64).tolist(),
+            "item_id": np.asarray(index["item_id"])[rows].tolist(),
+            "domain": np.asarray(index["domain"])[rows].tolist(),
+            "view": np.asarray(index["view"])[rows].tolist(),
+            "cluster": clusters.tolist(),
+            "candidates": [rows[c].tolist() for c in cands],
+        },
+        schema=CANDIDATES_SCHEMA,
+    )
+
+
 @dataclass(frozen=True)
 class SimilarityResult:
     n_clusters: int
@@ -148,4 +212,5 @@ def run(features_dir: str, out_dir: str, cfg: SimilarityConfig, seed: int = 0) -
         "neighbours": neighbours,
     }
     storage.write_table(Path(out_dir) / "clusters.parquet", pa.Table.from_pydict(table, schema=CLUSTERS_SCHEMA))
+    storage.write_table(Path(out_dir) / CANDIDATES_FILE, candidates_table(feats, index, cfg, k, seed))
     return SimilarityResult(k, cluster_purity(labels, clusters), float(normalized_mutual_info_score(labels, clusters)), float(adjusted_rand_score(labels, clusters)))
