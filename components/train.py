@@ -41,10 +41,11 @@ def train(
             entry = methods.entry(cfg, key)
             root = cfg.train.checkpoint_root.rstrip("/")
             checkpoints = f"{root}/{parent_run_id}/{key}" if root else None  # a retry of this task resumes there
-            result = step.run(cfg, key, inputs, model.path, checkpoints, on_epoch=lambda e, m: task_run.log_metrics(m, step=e))
+            result = step.run(cfg, key, inputs, model.path, checkpoints, on_epoch=lambda e, m: task_run.log_metrics(m, step=e),
+                              log_image=task_run.log_image)
             task_run.log_params({"method": entry.method, "variant": entry.variant or "-", **result.params})
             task_run.log_metrics(result.metrics)
-            task_run.log_artifacts([os.path.join(model.path, "history.json"), os.path.join(model.path, "method.json")])
+            task_run.log_artifacts([os.path.join(model.path, f) for f in ("history.json", "method.json", step.REPORT_FILE)])  # missing files are skipped
             # logged into this run, so the runs table's Models column shows it here
             tags = registry.version_tags(step.read_record(model.path), {}, task_run.parent_tag("git_commit"))
             uri = serving.log_folder(model.path, task_run.run_id, tracking.resolve_uri(cfg.tracking.tracking_uri), images.path, cfg.registry.top_k, tags, entry.serves)["model_uri"]

@@ -169,7 +169,7 @@ def cmd_query(args) -> None:
 def cmd_run(args) -> dict:
     from pipelines.local import run_local
     from scenesearch import storage, tracking
-    from scenesearch.evaluation.step import format_report
+    from scenesearch.evaluation.step import format_report, method_reports
 
     cfg = _config(args)
     data_root = args.data or cfg.data.root
@@ -192,6 +192,8 @@ def cmd_run(args) -> dict:
     steps = sorted(run.step_seconds.items(), key=lambda kv: next((i for i, o in enumerate(order) if kv[0].startswith(o)), len(order)))
     print(f"step seconds: generate {gen_seconds:.1f}, " + ", ".join(f"{k} {v:.1f}" for k, v in steps) + f"; total {time.perf_counter() - t0:.1f}")
     print(format_report(run.metrics, cfg.evaluate.splits, cfg.evaluate.k))
+    for report in method_reports(run.report_dir):
+        print("\n" + report.rstrip())
     print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
     print(f"KFP pipeline root: {run.pipeline_root}  (report: {run.report_dir})")
     command = tracking.ui_command(run.tracking_uri)

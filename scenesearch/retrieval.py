@@ -5,7 +5,8 @@ registry and lets it score its own embeddings: queries against every scene's vie
 train step embedded test-time query crops, each crop, a scene keeping its min or mean distance over
 them: `scenesearch.crops`). Writes
 ``distances_<key>.npy`` (Q, S) float32 per entry, plus ``queries.parquet`` and ``scenes.parquet``
-(the row and column order of the matrices: item_id, label, split, domain, class_split).
+(the row and column order of the matrices: item_id, label, split, domain, class_split), and
+``report_<key>.md`` for a model folder that holds a method report (train.REPORT_FILE).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def run(model_dirs: list[str], out_dir: str, plugins: tuple[str, ...] = ()) -> R
     Raises:
         DataError: no model, two folders with one key, or folders that embedded other queries or scenes.
     """
+    from scenesearch import train
+
     if not model_dirs:
         raise DataError("retrieve needs at least one model folder from the train step")
     dst = Path(out_dir)
@@ -100,6 +103,9 @@ def run(model_dirs: list[str], out_dir: str, plugins: tuple[str, ...] = ()) -> R
         elif inputs.queries["item_id"] != first.queries["item_id"] or inputs.scenes["item_id"] != first.scenes["item_id"]:
             raise DataError(f"the {record['key']} model embedded other queries or scenes than {keys[0]}; train them on the same dataset")
         storage.write_array(dst / f"distances_{record['key']}.npy", dist)
+        report = Path(d) / train.REPORT_FILE
+        if storage.exists(report):
+            storage.write_bytes(dst / f"report_{record['key']}.md", storage.read_bytes(report))
         keys.append(record["key"])
     storage.write_table(dst / "queries.parquet", pa.table(first.queries))
     storage.write_table(dst / "scenes.parquet", pa.table(first.scenes))

@@ -279,6 +279,14 @@ class StepRun:
             if Path(p).is_file():
                 self.client.log_artifact(self.parent_id if parent else self.run_id, p, artifact_path)
 
+    def log_image(self, key: str, image: Any, step: int) -> None:
+        """A (3, H, W) float image in [0, 1] (tensor or array) under `key` at `step`: MLflow's image
+        log, shown per step in the run's Artifacts and in the image grid of the runs table."""
+        import numpy as np
+
+        arr = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
+        self.client.log_image(self.run_id, (np.clip(arr, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8), key=key, step=step)
+
     def child(self, name: str, tags: dict[str, str] | None = None) -> "StepRun":
         """A sibling run under the same parent (one per retrieval method, say), finished at once by the caller."""
         run = self.client.create_run(self._experiment(), run_name=name, tags={PARENT_TAG: self.parent_id, **(tags or {})})

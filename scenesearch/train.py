@@ -7,6 +7,8 @@ Every method goes through here, whether it learns weights (CVAE-M2) or only prep
 - ``embeddings.npy`` (N, d) float32: the method's embedding of every index row
 - ``index.parquet`` the rows of ``embeddings.npy`` (the preprocess index)
 - ``history.json``  per-epoch metrics (empty for methods that do not train)
+- ``report.md``     only when the method reports tables of its own (`Fitted.report`); the retrieve
+  and evaluate steps carry it into the run's report
 - ``query_crops.npy`` (C - 1, Q, d) float32, only with ``retrieve.crop_scales`` and a method that
   embeds query images (it ``serves``): crops 1..C-1 of every query (`scenesearch.crops`), in the
   query order of `scenesearch.gallery.arrange`; crop 0 is the query's row of ``embeddings.npy``
@@ -36,6 +38,7 @@ from scenesearch.gallery import arrange
 
 METHOD_FILE = "method.json"
 CROPS_FILE = "query_crops.npy"
+REPORT_FILE = "report.md"
 
 
 @dataclass
@@ -67,6 +70,7 @@ def run(
     checkpoint_dir: str | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    log_image: Callable[[str, object, int], None] | None = None,
 ) -> TrainResult:
     """Fit the configured entry `key` (a variant's or a method's name) and write its model folder.
 
@@ -75,6 +79,7 @@ def run(
         checkpoint_dir: where a training method checkpoints (default ``<out_dir>/checkpoint``); a
             second call with the same folder and config resumes from it.
         on_epoch: receives (epoch, metrics) after every training epoch, e.g. to log to MLflow.
+        log_image: receives (key, (3, H, W) image in [0, 1], step) for images a method shows per epoch.
 
     Raises:
         ConfigError: `key` is not configured. DataError: an input is missing or the method's
@@ -89,7 +94,8 @@ def run(
         dst.mkdir(parents=True, exist_ok=True)
     # the method sees the run's settings but not which classes are unseen (nor their labels: ctx.index)
     seen_only = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, unseen_classes=()))
-    ctx = methods.FitContext(entry, seen_only, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress)
+    ctx = methods.FitContext(entry, seen_only, inputs, training_index(table), dst, checkpoint_dir or str(dst / "checkpoint"), on_epoch, progress,
+                               log_image)
     fitted = method.fit(ctx)
     emb = np.asarray(fitted.embeddings, dtype=np.float32)
     if emb.ndim != 2 or len(emb) != table.num_rows:
@@ -99,6 +105,8 @@ def run(
     storage.write_array(dst / "embeddings.npy", emb)
     storage.write_table(dst / "index.parquet", table)
     storage.write_bytes(dst / "history.json", json.dumps(fitted.history, indent=2).encode())
+    if fitted.report:
+        storage.write_bytes(dst / REPORT_FILE, (fitted.report.rstrip() + "\n").encode())
     record = {
         "method": entry.method,
         "variant": entry.variant,

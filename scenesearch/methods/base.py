@@ -95,6 +95,8 @@ class FitContext:
     checkpoint_dir: str
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     progress: bool = False
+    # (key, (3, H, W) float image in [0, 1], step): an image the method shows per epoch (MLflow's image log)
+    log_image: Callable[[str, Any, int], None] | None = None
 
     @property
     def config(self) -> Any:
@@ -111,6 +113,7 @@ class Fitted:
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    report: str = ""  # Markdown the method adds to the run's report (its own tables); printed at the end of a run
 
 
 class Retriever(Protocol):
