@@ -310,3 +310,34 @@ def test_zero_shot_sketch_and_photo_run_trains_descriptor_methods_and_answers_a_
     assert q.returncode == 0, q.stderr[-2000:]
     answer = json.loads(q.stdout)[0]
     assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
+
+
+def test_scene_mixing_runs_unsupervised_through_the_dag_and_shows_its_grids_probe_and_fid_vgg(tmp_path, smoke_dataset):
+    """lorbms through KFP and MLflow: per-epoch losses and grids of mixed scenes in its train run,
+    its retrieval row, and its report (linear probe, fid_vgg and why no FID) printed at the end."""
+    preset = tmp_path / "mixing.yaml"
+    smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
+    methods = ("methods:\n  lorbms:\n    channels: [4, 8, 8]\n    feature_channels: 4\n    epochs: 2\n    batch_size: 16\n"
+               "    probe_seeds: 2\n    finetune_epochs: 1\n    fidelity_images: 16\n    grid_rows: 3\n  random: {}\n")
+    preset.write_text(smoke.split("methods:")[0].replace("similarity:\n", "similarity:\n  n_clusters: 3\n") + methods + smoke.split("random: {}\n")[1])
+    p = _run_smoke(tmp_path, smoke_dataset, "--config", str(preset))
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+    assert "lorbms" in out.split("[test queries]")[1]
+    report = out.split("### lorbms: linear probe")[1]
+    for row in ("random encoder", "LORBMS encoder (frozen)", "LORBMS encoder (fine-tuned, 1 epochs)", "LORBMS discriminator (frozen)", "VGG16 descriptor + PCA (weights: none)"):
+        assert row in report, row
+    assert "fid_vgg" in report and "FID and IS not computed: evaluate.inception_weights is not set" in report
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = c.get_experiment_by_name("scenesearch-smoke")
+    run = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_lorbms'"))
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "d_accuracy")] == [1, 2]
+    assert {"g_rec", "g_adv", "g_cls", "d_loss", "d_bit_accuracy", "probe_encoder_mean", "probe_vgg_sd", "fid_vgg"} <= set(run.data.metrics)
+    assert "fid" not in run.data.metrics and "FID and IS not computed" in run.data.params["fid"]
+    images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
+    grids = [p for p in images if "mixed_scenes" in p and p.endswith(".png")]
+    assert len(grids) == 2, images  # one grid of mixed scenes per epoch
+    assert "report.md" in {a.path for a in c.list_artifacts(run.info.run_id)}
+    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
+    assert "report_lorbms.md" in {a.path for a in c.list_artifacts(parent.info.run_id)}
