@@ -78,14 +78,15 @@ def inception_scores(real: torch.Tensor, fake: torch.Tensor, weights_uri: str, b
     with tempfile.TemporaryDirectory() as tmp:
         path = checked_weights(weights_uri, tmp)
         fid = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=path)
-        score = InceptionScore(feature=inception(path, "logits_unbiased"), normalize=True, splits=min(splits, len(fake)))
+        # splits of at least 32 images (IS over one image is 1 by construction)
+        score = InceptionScore(feature=inception(path, "logits_unbiased"), normalize=False, splits=max(1, min(splits, len(fake) // 32)))
     with torch.inference_mode():
         for b in _batches(real, batch_size):
             fid.update(b.float(), real=True)
         for b in _batches(fake, batch_size):
             fid.update(b.float(), real=False)
-            # with a custom module InceptionScore passes images on as given: uint8, as the library's own extractor takes them
-            score.update((b.float() * 255).round().to(torch.uint8))
+            # uint8 made here (rounded): its normalize=True would multiply uint8 by 255 again with a custom extractor
+            score.update((b.float().clamp(0, 1) * 255).round().to(torch.uint8))
         is_mean, is_std = score.compute()
         return {"fid": float(fid.compute()), "is_mean": float(is_mean), "is_std": float(is_std)}
 

@@ -344,7 +344,7 @@ def fit(ctx: FitContext) -> Fitted:
         embed, dim, vgg_weights = vgg_embedder(ctx)
         fid = fidelity.measure(real, fake, run.evaluate.inception_weights, embed, dim)
         metrics.update(fid.metrics)
-        lines = [f"fid_vgg {fid.metrics['fid_vgg']:.2f} (Fréchet distance in the VGG16 descriptor + PCA space, weights: {vgg_weights}; "
+        lines = [f"fid_vgg {fid.metrics['fid_vgg']:.4g} (Fréchet distance in the VGG16 descriptor + PCA space, weights: {vgg_weights}; "
                  f"{len(real)} references vs {len(fake)} mixed scenes; not FID)"]
         if fid.skipped:
             lines.append(fid.skipped)

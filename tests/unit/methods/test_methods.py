@@ -29,11 +29,23 @@ DESCRIPTOR_METHODS = {"zs_cvae": {"n_samples": 12, "n_centres": 3}, "zs_caae": {
 POOLED_VARIANTS = ["mac", "spoc", "gem_lw", "rmac_pw", "gem_pw_aqe", "mac_alphaqe_dfs"]
 MAP_METHODS = {"pooled": {"variants": POOLED_VARIANTS}, "siamese_gem": {"epochs": 2, "tuples": 32, "pool_size": 40},
                "triplet_gem": {"epochs": 1, "tuples": 32, "pool_size": 40}}
+# scene mixing, tiny: it also reads the similarity step's candidates
+MIXING = {"lorbms": {"channels": [4, 8, 8], "feature_channels": 4, "epochs": 1, "batch_size": 16, "probe_seeds": 2, "finetune_epochs": 1,
+                     "fidelity_images": 16, "grid_rows": 2}}
+
+
+@pytest.fixture(scope="module")
+def smoke_clusters(tmp_path_factory, smoke_features, smoke_cfg):
+    from scenesearch import similarity
+
+    out = tmp_path_factory.mktemp("clusters")
+    similarity.run(str(smoke_features), str(out), dataclasses.replace(smoke_cfg.similarity, n_clusters=3), smoke_cfg.seed)
+    return out
 
 
 def _cfg(smoke_cfg, **method_sections):
     return dataclasses.replace(smoke_cfg, train=dataclasses.replace(smoke_cfg.train, epochs=1),
-                               methods=method_sections or {**smoke_cfg.methods, **DESCRIPTOR_METHODS, **MAP_METHODS})
+                               methods=method_sections or {**smoke_cfg.methods, **DESCRIPTOR_METHODS, **MAP_METHODS, **MIXING})
 
 
 def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
@@ -62,6 +74,9 @@ def test_the_registry_lists_the_ported_methods_and_names_unknown_ones():
         ({"pooled": {"variants": ["gem_qe"]}}, "methods.pooled.variants: 'gem_qe' has the unknown option 'qe'; options: pw, lw, aqe, alphaqe, dfs"),
         ({"pooled": {"p": 0.5}}, "methods.pooled.p must be >= 1, got 0.5"),
         ({"pooled": {"diffusion_alpha": 1.0}}, "methods.pooled.diffusion_alpha must be in (0, 1), got 1.0"),
+        ({"lorbms": {"variants": ["lorbms_nope"]}}, "methods.lorbms.variants: 'lorbms_nope' is not lorbms followed by any of _noadv, _nocls, _nocycle"),
+        ({"lorbms": {"rec_norm": 3}}, "methods.lorbms.rec_norm must be 1 or 2, got 3"),
+        ({"lorbms": {"quadrant_weights": [1, 1]}}, "methods.lorbms.quadrant_weights must be four weights >= 0, got [1.0, 1.0]"),
         ({"vgg_baseline": {"whiten": "zca"}}, "methods.vgg_baseline.whiten must be one of ['none', 'pca', 'learned'], got 'zca'"),
         ({"vgg_baseline": {"query_expansion": "dqe"}}, "methods.vgg_baseline.query_expansion must be one of ['none', 'average', 'alpha'], got 'dqe'"),
         ({"siamese_gem": {"input_size": 16}}, "methods.siamese_gem.input_size must be 0 (features.input_size) or >= 32, got 16"),
@@ -106,10 +121,10 @@ def test_a_plugin_that_cannot_be_imported_is_one_sentence(smoke_cfg, tmp_path, m
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random", *DESCRIPTOR_METHODS, *POOLED_VARIANTS, "siamese_gem", "triplet_gem"])
-def test_every_registered_method_fits_scores_and_reloads(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, key):
+@pytest.mark.parametrize("key", ["cvae1", "vgg_baseline", "random", *DESCRIPTOR_METHODS, *POOLED_VARIANTS, "siamese_gem", "triplet_gem", "lorbms"])
+def test_every_registered_method_fits_scores_and_reloads(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, smoke_clusters, key):
     cfg = _cfg(smoke_cfg)
-    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features))
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features), clusters=str(smoke_clusters))
     result = train.run(cfg, key, inputs, str(tmp_path / key), progress=False)
     index = storage.read_table(tmp_path / key / "index.parquet").to_pydict()
     emb = storage.read_array(tmp_path / key / "embeddings.npy")
@@ -272,3 +287,23 @@ def test_the_descriptor_methods_search_through_the_configured_index(tmp_path, sm
         # the smoke gallery is too small to train IVF-PQ: it falls back to the flat index and says why
         np.testing.assert_allclose(dists["ivfpq", key], dists["exact-numpy", key], atol=1e-5)
     assert "flat" in caplog.text and "ivfpq" in caplog.text.lower()
+
+
+def test_lorbms_reports_its_probe_and_fid_vgg_and_logs_a_grid_per_epoch(tmp_path, smoke_cfg, smoke_preprocessed, smoke_features, smoke_clusters):
+    cfg = _cfg(smoke_cfg)
+    cfg = dataclasses.replace(cfg, methods={"lorbms": {**MIXING["lorbms"], "epochs": 2, "variants": ["lorbms_nocycle"]}})
+    inputs = methods.Inputs(images=str(smoke_preprocessed["images"]), features=str(smoke_features), clusters=str(smoke_clusters))
+    grids = []
+    result = train.run(cfg, "lorbms_nocycle", inputs, str(tmp_path / "m"), progress=False, log_image=lambda k, img, step: grids.append((k, tuple(img.shape), step)))
+    assert [(k, step) for k, _, step in grids] == [("mixed_scenes", 1), ("mixed_scenes", 2)] and grids[0][1][0] == 3
+    m = result.metrics
+    for key in ("probe_random_mean", "probe_encoder_mean", "probe_finetuned_mean", "probe_discriminator_mean", "probe_vgg_mean", "fid_vgg"):
+        assert np.isfinite(m[key]), key
+    assert 0 <= m["probe_encoder_mean"] <= 1 and "fid" not in m
+    report = (tmp_path / "m" / train.REPORT_FILE).read_text()
+    assert "lorbms_nocycle: linear probe" in report and "fid_vgg" in report and "FID and IS not computed" in report
+    assert json.loads((tmp_path / "m" / "method.json").read_text())["config"]["variants"] == ["lorbms_nocycle"]
+    # the ablation reached the loss: no cycle term
+    from scenesearch.methods.lorbms import loss_weights
+
+    assert loss_weights(result.entry.config, "lorbms_nocycle").cycle is False and loss_weights(result.entry.config, "lorbms_noadv_nocls").adv == 0.0
