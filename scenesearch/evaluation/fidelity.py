@@ -67,7 +67,8 @@ def inception(weights_path: str, features: str):
 
 
 def inception_scores(real: torch.Tensor, fake: torch.Tensor, weights_uri: str, batch_size: int = 64, splits: int = 10) -> dict[str, float]:
-    """FID (2048-d pool features) of `fake` against `real` and the Inception Score of `fake`.
+    """FID (2048-d pool features) of `fake` against `real` and the Inception Score of `fake`
+    (mean and SD over splits of at least 32 images; is_std is NaN below 64, one split).
 
     Args:
         real, fake: (N, 3, H, W) float in [0, 1] (resized to 299 inside the library).

@@ -49,11 +49,12 @@ def _linear(dim=4, seed=0):
 
 @pytest.mark.slow  # InceptionV3 at 299 px on a CPU: about a minute here
 def test_measure_with_inception_weights_gives_fid_and_is(inception_weights):
-    real, shifted = _images(N, 0), _images(N, 1, shift=0.5)
+    real, shifted = _images(N, 0), _images(N, 1, shift=0.25)  # brighter, not saturated: the random net's logits stay finite
     embed, dim = _linear()
     out = fidelity.measure(real, shifted, inception_weights, embed, dim)
     assert set(out.metrics) == {"fid", "is_mean", "is_std", "fid_vgg"} and out.skipped == ""
-    assert all(math.isfinite(v) for v in out.metrics.values())
+    assert all(math.isfinite(v) for k, v in out.metrics.items() if k != "is_std")
+    assert math.isnan(out.metrics["is_std"])  # 4 images are one split of the score: no spread to report
     assert out.metrics["fid"] > 0 and out.metrics["fid_vgg"] > 0 and out.metrics["is_mean"] >= 1 - 1e-6
     same = fidelity.inception_scores(real, real, inception_weights, splits=1)
     assert abs(same["fid"]) < 1e-3 * out.metrics["fid"]
