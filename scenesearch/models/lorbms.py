@@ -38,8 +38,13 @@ class Sizes:
             raise ValueError(f"image size {self.image_size} with {len(self.channels)} stride-2 layers leaves a {side}-pixel map; it must be even and >= 2")
 
 
-def _down(c_in: int, c_out: int, norm: bool) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 4, 2, 1), *( [nn.BatchNorm2d(c_out)] if norm else []), nn.LeakyReLU(0.2, inplace=True)]
+def _downsampling(channels: tuple[int, ...]) -> list[nn.Module]:
+    """Stride-2 4x4 convs from RGB through `channels` (batch norm after all but the first), LeakyReLU 0.2."""
+    layers, c = [], 3
+    for i, w in enumerate(channels):
+        layers += [nn.Conv2d(c, w, 4, 2, 1), *([nn.BatchNorm2d(w)] if i > 0 else []), nn.LeakyReLU(0.2, inplace=True)]
+        c = w
+    return layers
 
 
 class Encoder(nn.Module):
@@ -47,12 +52,7 @@ class Encoder(nn.Module):
 
     def __init__(self, sizes: Sizes):
         super().__init__()
-        layers, c = [], 3
-        for i, w in enumerate(sizes.channels):
-            layers += _down(c, w, norm=i > 0)
-            c = w
-        layers.append(nn.Conv2d(c, sizes.feature_channels, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*_downsampling(sizes.channels), nn.Conv2d(sizes.channels[-1], sizes.feature_channels, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x * 2 - 1)
@@ -80,12 +80,8 @@ class Discriminator(nn.Module):
 
     def __init__(self, sizes: Sizes):
         super().__init__()
-        layers, c = [], 3
-        for i, w in enumerate(sizes.channels):
-            layers += _down(c, w, norm=i > 0)
-            c = w
-        self.body = nn.Sequential(*layers)
-        side = sizes.image_size // 2 ** len(sizes.channels)
+        self.body = nn.Sequential(*_downsampling(sizes.channels))
+        c, side = sizes.channels[-1], sizes.image_size // 2 ** len(sizes.channels)
         self.adv = nn.Linear(c * side * side, 1)
         self.cls = nn.Linear(c * side * side, N_QUADRANTS)
 
