@@ -135,16 +135,20 @@ def run(retrieval_dir: str, manifest_dir: str, views_dir: str, images_dir: str, 
             artifacts.append(str(path))
     n_rejected = _merge_rejects([manifest_dir, views_dir, images_dir], dst / "rejected.parquet")
     artifacts.append(str(dst / "rejected.parquet"))
-    for name in sorted(f for f in storage.list_files(src) if f.startswith("report_") and f.endswith(".md")):  # the methods' own tables
+    for name in _report_files(src):  # the methods' own tables
         storage.write_bytes(dst / name, storage.read_bytes(src / name))
         artifacts.append(str(dst / name))
     return EvaluateResult(results, n_rejected, reported, artifacts)
 
 
+def _report_files(folder: Path) -> list[str]:
+    """Names of the methods' own reports (``report_<key>.md``, written by retrieve) in a folder, by key."""
+    return sorted(f for f in storage.list_files(folder) if f.startswith("report_") and f.endswith(".md"))
+
+
 def method_reports(report_dir: str | Path) -> list[str]:
-    """The methods' own reports (``report_<key>.md``) in an evaluate output folder, by key."""
-    src = Path(report_dir)
-    return [storage.read_bytes(src / f).decode() for f in sorted(storage.list_files(src)) if f.startswith("report_") and f.endswith(".md")]
+    """The methods' own reports in an evaluate output folder, by key."""
+    return [storage.read_bytes(Path(report_dir) / f).decode() for f in _report_files(Path(report_dir))]
 
 
 def _write_json(path: Path, obj) -> str:
