@@ -57,9 +57,15 @@ class DataConfig:
     # embedded benchmark: also write hand-like line drawings of the held-out scenes as the domain
     # sketch (folder sketches/)
     sketch_queries: bool = False
+    # ingest refuses query images above this many pixels, read from the header before decoding:
+    # 40 MP holds any camera photo, and decoded (3 bytes a pixel, plus PIL's 4-byte copy) stays
+    # near 300 MB, well inside ingest's 1 GB; PIL's own bomb limit (~89.5 MP) is twice that
+    max_image_pixels: int = 40_000_000
 
     def validate(self) -> None:
         _positive(self, "n_classes", "scenes_per_class", "query_scenes_per_class", "queries_per_class")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"data.max_image_pixels must be >= 1, got {self.max_image_pixels}")
         if self.n_object_classes < 0:
             raise ConfigError(f"data.n_object_classes must be >= 0, got {self.n_object_classes}")
         if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or abs(sum(self.split_fractions) - 1) > 1e-6:

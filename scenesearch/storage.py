@@ -268,6 +268,102 @@ def list_files(root: str | os.PathLike) -> list[str]:
     return sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file())
 
 
+def list_dataset(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every usable file below `root`, and a reason for every entry that is not used.
+
+    The rule for a local root: regular files are used; a symbolic link is followed only when it
+    resolves to a regular file inside the root (a link to a folder, a dangling or looping link, a
+    link leading outside the root are not); folders are walked without following links; FIFOs,
+    sockets and devices are never opened; an empty or unlistable folder is reported too, so
+    nothing below the root is ignored silently. S3 has no links or special objects: every key is
+    used, as `list_files` lists them.
+
+    Args:
+        root: a local folder or an s3:// prefix.
+
+    Returns:
+        (sorted relative POSIX paths of the files to read, [(relative path, reason)] of the rest).
+
+    Raises:
+        DataError: the root is missing, not a folder, or (on S3) holds no keys.
+    """
+    if is_s3(root):
+        return list_files(root), []
+    base = _local(root)
+    if not base.is_dir():
+        raise DataError(f"dataset root {base} does not exist or is not a folder")
+    real_base = os.path.realpath(base)
+    files: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    pending = [""]
+    while pending:
+        rel_dir = pending.pop()
+        try:
+            with os.scandir(base / rel_dir if rel_dir else base) as it:
+                entries = list(it)
+        except OSError as e:
+            skipped.append((rel_dir, f"{shown(rel_dir)} is a folder that cannot be listed ({e.strerror or type(e).__name__})"))
+            continue
+        if not entries and rel_dir:
+            skipped.append((rel_dir, f"{shown(rel_dir)} is an empty folder"))
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            reason = _entry_problem(entry, rel, real_base)
+            if reason == "folder":
+                pending.append(rel)
+            elif reason:
+                skipped.append((rel, reason))
+            else:
+                files.append(rel)
+    return sorted(files), sorted(skipped)
+
+
+def _entry_problem(entry: os.DirEntry, rel: str, real_base: str) -> str | None:
+    """None for a usable file, "folder" for a folder to walk, else the reason the entry is skipped (stat only: nothing is opened)."""
+    import stat
+
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError as e:
+        return f"{shown(rel)} cannot be examined ({e.strerror or type(e).__name__})"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISLNK(mode):
+        return f"{shown(rel)} is {_special_kind(mode)}, not a regular file"
+    try:
+        target = os.path.realpath(entry.path, strict=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a loop, on Pythons before 3.13
+        looping = isinstance(e, RuntimeError) or getattr(e, "errno", None) == 40
+        return f"{shown(rel)} is a {'looping' if looping else 'dangling'} symbolic link"
+    if os.path.commonpath([real_base, target]) != real_base:
+        return f"{shown(rel)} is a symbolic link to a file outside the dataset root"
+    try:
+        target_mode = os.stat(target).st_mode
+    except OSError as e:
+        return f"{shown(rel)} is a symbolic link whose target cannot be examined ({e.strerror or type(e).__name__})"
+    if stat.S_ISDIR(target_mode):
+        return f"{shown(rel)} is a symbolic link to a folder (links are followed only to regular files)"
+    if not stat.S_ISREG(target_mode):
+        return f"{shown(rel)} is a symbolic link to {_special_kind(target_mode)}, not a regular file"
+    return None
+
+
+def _special_kind(mode: int) -> str:
+    import stat
+
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def shown(rel: str) -> str:
+    """A relative path as it can appear in a one-line reason: as is when printable, else quoted with escapes."""
+    return rel if rel.isprintable() else ascii(rel)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -357,3 +453,4 @@ def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
+

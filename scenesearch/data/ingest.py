@@ -13,6 +13,14 @@ Layout::
     <root>/class_splits.csv  optional: class,split  (split in seen/unseen; read by zero-shot splits)
     <root>/semantics.csv     optional: class,v1,...,vn  one row of numbers per class (side information)
 
+Only regular files are read: a symbolic link is followed only when it resolves to a regular file
+inside the root; other links, FIFOs, sockets, devices and empty folders are rejected with a reason
+(`storage.list_dataset`), as are names with control characters or ``% # ? \\ " '`` (reasons show
+such names escaped, on one line). Meshes whose text contradicts itself (header counts, OBJ
+indices), truncated files, meshes without a face of non-zero area, and images that are cut,
+whose header promises more pixels than the data holds, or that exceed ``data.max_image_pixels``
+are rejected; an image whose only fault is a broken EXIF block is kept, unrotated.
+
 A class is kept when it has scenes and at least one query image of any domain. With
 ``data.split = items`` every item is split train/val/test by the fractions, per (domain, class);
 with ``zero_shot`` the classes are first divided into seen and unseen (`unseen_classes`): unseen
@@ -108,7 +116,7 @@ def run(root: str, out_dir: str, cfg: DataConfig, seed: int = 0) -> IngestResult
     base = _root(root)
     semantics_file = storage.join(base, "semantics.csv")
     semantics = read_semantics_csv(semantics_file) if storage.exists(semantics_file) else None
-    rows, rejected = scan(root)
+    rows, rejected = scan(root, max_image_pixels=cfg.max_image_pixels)
     rows, rejected = _drop_one_sided_classes(rows, rejected)
     if not rows:
         reasons = "; ".join(sorted({r for _, r in rejected})[:3])
@@ -139,11 +147,16 @@ def run(root: str, out_dir: str, cfg: DataConfig, seed: int = 0) -> IngestResult
     )
 
 
-def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
+def scan(root: str, max_image_pixels: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Validate every file under root.
+
+    Entries that are not regular files (links that do not resolve to a file inside the root,
+    FIFOs, sockets, empty folders: see `storage.list_dataset`) and files whose names could not
+    be shown on one line or in a URI (`_name_problem`) are rejected before anything is read.
 
     Args:
         root: the dataset root, a local folder or an s3:// URI.
+        max_image_pixels: refuse query images above this many pixels (from the header, before decoding).
 
     Returns:
         (good rows without split and class_split, [(uri, reason)] of the rejected files).
@@ -152,13 +165,17 @@ def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
         DataError: the root is missing.
     """
     base = _root(root)
-    files = storage.list_files(base)
+    files, skipped = storage.list_dataset(base)
     allowed = _read_classes(storage.join(base, "classes.txt"))
     rows: list[dict] = []
-    rejected: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = [(storage.join(base, rel), reason) for rel, reason in skipped]
     seen: dict[str, str] = {}
     for rel in files:
         uri = storage.join(base, rel)
+        problem = _name_problem(rel)
+        if problem:
+            rejected.append((uri, problem))
+            continue
         parts = rel.split("/")
         if parts[0] not in FOLDERS:
             if rel not in METADATA_FILES:
@@ -180,7 +197,7 @@ def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
             digest = storage.sha256(data)
             if digest in seen:
                 raise ItemError(f"{rel} is a duplicate of {seen[digest]}")
-            check_item(rel, data, domain, uri)
+            check_item(rel, data, domain, uri, max_image_pixels=max_image_pixels)
         except ItemError as e:
             rejected.append((uri, str(e)))
             continue
@@ -189,8 +206,15 @@ def scan(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     return rows, rejected
 
 
-def check_item(rel: str, data: bytes, domain: str, uri: str | None = None) -> None:
+def check_item(rel: str, data: bytes, domain: str, uri: str | None = None, max_image_pixels: int | None = None) -> None:
     """Load a scene or decode a query image (any query domain) fully.
+
+    Args:
+        rel: the file's path relative to the root, which reasons name.
+        data: the file's bytes.
+        domain: the item's domain (scene, or a query domain).
+        uri: where the file is, for an OBJ's or glTF's sibling files.
+        max_image_pixels: refuse images above this many pixels, from the header.
 
     Raises:
         ItemError: with the reason in one sentence.
@@ -203,7 +227,7 @@ def check_item(rel: str, data: bytes, domain: str, uri: str | None = None) -> No
     else:
         if ext not in IMAGE_EXTENSIONS:
             raise ItemError(f"{rel}: unsupported image extension '{ext}' (supported: {', '.join(IMAGE_EXTENSIONS)})")
-        decode_image(rel, data)
+        decode_image(rel, data, max_pixels=max_image_pixels)
 
 
 def _root(root: str) -> str:
@@ -220,6 +244,23 @@ def _read(uri: str, rel: str) -> bytes:
         if not os.access(uri, os.R_OK):
             raise ItemError(f"{rel} is not readable (permission denied)") from None
         raise ItemError(f"{rel} cannot be read") from None
+
+
+# Characters that break a URI (%, #, ?), a Windows path (backslash) or a quoted reason.
+UNSAFE_NAME_CHARACTERS = "%#?\\\"'"
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a relative path cannot be ingested, or None: control or other unprintable characters, or URI-breaking ones.
+
+    The reason shows the name escaped (`storage.shown`), so that it stays one line.
+    """
+    if not rel.isprintable():  # tab, newline, DEL, C1 controls, line and paragraph separators
+        return f"{storage.shown(rel)} has control or unprintable characters in its name"
+    bad = sorted({c for c in rel if c in UNSAFE_NAME_CHARACTERS})
+    if bad:
+        return f"{ascii(rel)} has characters that break URIs or quoting in its name ({' '.join(bad)})"
+    return None
 
 
 def _clean_name(rel: str) -> bool:

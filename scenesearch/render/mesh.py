@@ -92,6 +92,7 @@ def load_mesh(path: str | os.PathLike, data: bytes | None = None, name: str | No
             raise ItemError(f"{name}: cannot read the file ({e})") from None
     if not data:
         raise ItemError(f"{name}: the file is empty")
+    check_structure(ext, data, name)
     try:
         mesh = _load_skp(path, data) if ext == ".skp" else _load_trimesh(path, data)
     except ItemError:
@@ -110,6 +111,159 @@ def _check(mesh: SceneMesh, name: str) -> None:
     extent = mesh.positions.max(0) - mesh.positions.min(0)
     if float(extent.max()) <= 1e-9:
         raise ItemError(f"{name}: the mesh is degenerate (zero extent)")
+    tri = mesh.positions.reshape(-1, 3, 3).astype(np.float64)
+    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    # relative to the extent, so that a millimetre-scale model is not called flat
+    if not (area2 > 1e-12 * float(extent.max()) ** 2).any():
+        raise ItemError(f"{name}: all {mesh.n_triangles} faces of the mesh are degenerate (zero area)")
+
+
+# --------------------------------------------------------------------------------------------
+# Structure checks of the text formats, before trimesh: it pads, wraps or drops what they catch
+# --------------------------------------------------------------------------------------------
+
+
+def check_structure(ext: str, data: bytes, name: str) -> None:
+    """Refuse OBJ, OFF and ASCII PLY files whose text contradicts itself, which trimesh would load anyway.
+
+    trimesh reads a header's counts as given (a PLY or OFF that declares more or fewer elements
+    than it holds loads with rows shifted or missing), reads OBJ index 0 as the last vertex, and
+    accepts faces mixing absolute and relative indices. A text file cut mid-line is indistinguishable
+    from a complete one in many places, so a text mesh must end with a line break.
+
+    Args:
+        ext: the lower-case extension (".obj", ...); other formats pass unchecked.
+        data: the file's bytes.
+        name: how errors name the file.
+
+    Raises:
+        ItemError: naming the line and the problem.
+    """
+    if ext == ".obj":
+        _check_obj(data, name)
+    elif ext == ".off":
+        _check_off(data, name)
+    elif ext == ".ply" and b"format ascii" in data[:512]:
+        _check_ascii_ply(data, name)
+
+
+def _ends_whole(data: bytes, name: str, what: str) -> None:
+    if not data.rstrip(b" \t\x00").endswith((b"\n", b"\r")) and data.strip():
+        raise ItemError(f"{name}: the {what} file ends mid-line (no line break after its last line): it looks truncated")
+
+
+def _lines(data: bytes, first_line: int = 1):
+    """(line number, tokens) of the non-blank, non-comment lines, one at a time (a big file is never split whole)."""
+    for i, raw in enumerate(io.BytesIO(data), start=first_line):
+        tokens = raw.split(b"#", 1)[0].split()
+        if tokens:
+            yield i, tokens
+
+
+def _check_obj(data: bytes, name: str) -> None:
+    _ends_whole(data, name, "OBJ")
+    n_vertices, top, top_line = 0, 0, 0
+    for i, tokens in _lines(data):
+        key = tokens[0]
+        if key == b"v":
+            if len(tokens) < 4:
+                raise ItemError(f"{name} line {i}: a vertex needs 3 coordinates, got {len(tokens) - 1}")
+            n_vertices += 1
+        elif key == b"f":
+            if len(tokens) < 4:
+                raise ItemError(f"{name} line {i}: a face needs at least 3 vertices, got {len(tokens) - 1}")
+            try:
+                idx = [int(t.split(b"/", 1)[0]) for t in tokens[1:]]
+            except ValueError:
+                raise ItemError(f"{name} line {i}: a face index is not an integer") from None
+            if 0 in idx:
+                raise ItemError(f"{name} line {i}: face index 0 (OBJ indices start at 1)")
+            if any(k > 0 for k in idx) and any(k < 0 for k in idx):
+                raise ItemError(f"{name} line {i}: the face mixes absolute (positive) and relative (negative) indices")
+            if any(k < 0 and n_vertices + k < 0 for k in idx):  # relative to the vertices read so far
+                raise ItemError(f"{name} line {i}: a relative face index reaches before the first vertex ({min(idx)} with {n_vertices} read)")
+            if max(idx) > top:
+                top, top_line = max(idx), i
+    if top > n_vertices:  # absolute indices may name vertices defined further down
+        raise ItemError(f"{name} line {top_line}: face index {top} is beyond the file's {n_vertices} vertices")
+
+
+def _check_off(data: bytes, name: str) -> None:
+    _ends_whole(data, name, "OFF")
+    rows = _lines(data)
+    first = next(rows, None)
+    if first is None or not first[1][0].upper().endswith(b"OFF"):
+        return  # not the plain OFF layout: leave it to trimesh
+    head = first[1][1:] or next(rows, (0, []))[1]
+    try:
+        nv, nf = int(head[0]), int(head[1])
+    except (IndexError, ValueError):
+        raise ItemError(f"{name}: the OFF header has no vertex and face counts") from None
+    # First the counts (a lie shifts every later row), then the rows; two passes, nothing kept.
+    skip = 2 if not first[1][1:] else 1
+    n_rows = sum(1 for _ in _lines(data)) - skip
+    _check_counts(name, "OFF", n_rows, nv, nf)
+    for n, (i, tokens) in enumerate(_lines(data)):
+        if n < skip:
+            continue
+        if n - skip < nv:
+            if len(tokens) < 3:
+                raise ItemError(f"{name} line {i}: a vertex needs 3 coordinates, got {len(tokens)}")
+        else:
+            _check_face(name, i, tokens, nv)
+
+
+def _check_counts(name: str, fmt: str, n_rows: int, nv: int, nf: int) -> None:
+    if n_rows != nv + nf:
+        raise ItemError(f"{name}: the {fmt} header declares {nv} vertices and {nf} faces ({nv + nf} rows) but the file holds {n_rows} rows")
+
+
+def _check_face(name: str, i: int, tokens: list[bytes], nv: int) -> None:
+    try:
+        n = int(tokens[0])
+        idx = [int(t) for t in tokens[1 : 1 + n]]
+    except ValueError:
+        raise ItemError(f"{name} line {i}: a face index is not an integer") from None
+    if n < 3 or len(idx) < n:
+        raise ItemError(f"{name} line {i}: the face declares {n} vertices and lists {len(idx)}")
+    bad = [k for k in idx if not 0 <= k < nv]
+    if bad:
+        raise ItemError(f"{name} line {i}: face index {bad[0]} is outside the {nv} vertices")
+
+
+def _check_ascii_ply(data: bytes, name: str) -> None:
+    _ends_whole(data, name, "PLY")
+    head, sep, _ = data.partition(b"end_header")
+    if not sep:
+        raise ItemError(f"{name}: the PLY header has no end_header line")
+    elements: list[list] = []  # [name, count, first property is a list]
+    for line in head.decode("latin-1").splitlines():
+        t = line.split()
+        if t[:1] == ["element"] and len(t) >= 3:
+            try:
+                elements.append([t[1], int(t[2]), None])
+            except ValueError:
+                raise ItemError(f"{name}: the PLY element '{t[1]}' has no integer count") from None
+        elif t[:1] == ["property"] and elements and elements[-1][2] is None:
+            elements[-1][2] = t[1:2] == ["list"]
+    counts = {e[0]: e[1] for e in elements}
+    nv, nf = counts.get("vertex", 0), counts.get("face", 0)
+    total = sum(e[1] for e in elements)
+    # which element each data row belongs to: (first row of the next element, is a face list)
+    bounds, at = [], 0
+    for element, count, is_list in elements:
+        at += count
+        bounds.append((at, element == "face" and bool(is_list)))
+    body = data[len(head) + len(sep) :]
+    n_rows = sum(1 for _ in _lines(body))  # the counts first: a lie shifts every later row
+    if n_rows != total:
+        raise ItemError(f"{name}: the PLY header declares {nv} vertices and {nf} faces ({total} rows) but the file holds {n_rows} rows")
+    k = 0
+    for n, (i, tokens) in enumerate(_lines(body, first_line=head.count(b"\n") + 1)):
+        while k < len(bounds) and n >= bounds[k][0]:
+            k += 1
+        if k < len(bounds) and bounds[k][1]:
+            _check_face(name, i, tokens, nv)
 
 
 def _soup(vertices: np.ndarray, faces: np.ndarray, face_rgb: np.ndarray | None, vertex_rgb: np.ndarray | None) -> tuple[np.ndarray, ...]:
