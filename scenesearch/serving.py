@@ -10,6 +10,13 @@ pipeline does, lets the method embed and score them (whole, and as the test-time
 in method.json: `scenesearch.crops`), and returns one row per (query, rank):
 scene id, class, distance. It loads with ``mlflow.pyfunc.load_model("models:/scenesearch@champion")``
 and serves with ``mlflow models serve --env-manager local``.
+
+Bad input (another shape or dtype, values outside [0, 255] for ints or [0, 1] for floats, NaN, an
+empty batch, more than MAX_BATCH images, images over MAX_QUERY_PIXELS or under MIN_SIDE) raises
+`BadQuery`, which the scoring server answers with HTTP 400 and its one-sentence message. Over
+HTTP, MLflow parses the JSON into the signature's uint8 before predict sees it: it rejects values
+outside [0, 255], NaN and strings itself (400), but truncates in-range floats silently (0.5 -> 0),
+so send integer pixels.
 """
 
 from __future__ import annotations
@@ -25,10 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
+from scenesearch.errors import ItemError
+
 try:  # the pyfunc base class; mlflow is a dependency, but keep the module importable for type checks
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
-    PythonModel = object
+    PythonModel, INVALID_PARAMETER_VALUE = object, None
+
+    class MlflowException(Exception):  # noqa: N818 - MLflow's name
+        def __init__(self, message, error_code=None):
+            super().__init__(message)
+            self.message = message
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent  # scenesearch/, shipped with the model as code
@@ -36,6 +52,23 @@ SERVING_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow
 # What the train step writes that serving does not need (the gallery is rebuilt as gallery.npz)
 NOT_SERVED = ("embeddings.npy", "index.parquet", "checkpoint", "mlflow.json", "history.json", "query_crops.npy")
 CROP_BATCH = 256  # crops per embed call when a query is also embedded as crops
+# What one predict call (one HTTP request) accepts; more is a 400 naming the limit, not an
+# out-of-memory worker. A batch is one (B, H, W, 3) array, so all its images share one size.
+MAX_BATCH = 64  # images per call
+MAX_QUERY_PIXELS = 50_000_000  # height x width of one image (a 48-megapixel photo fits); also applied to query files
+MIN_SIDE = 8  # pixels: smaller is not a photo (and breaks the resize)
+
+
+class BadQuery(MlflowException, ItemError):
+    """The query input is unusable (shape, dtype, range, size, batch); one sentence naming the problem.
+
+    An MlflowException with INVALID_PARAMETER_VALUE, so `mlflow models serve` answers HTTP 400
+    with this message (any other exception from predict becomes a 400 with a generic message),
+    and an ItemError, so `query_files` reports it against the one image.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
@@ -80,7 +113,7 @@ class SceneRetrievalModel(PythonModel):
         from scenesearch.preprocess import preprocess_images
 
         images = _as_images(model_input)
-        top_k = min(int((params or {}).get("top_k") or self.default_top_k), len(self.scene_ids))
+        top_k = _top_k(params, self.default_top_k, len(self.scene_ids))
         x = preprocess_images(list(images), self.retriever.image_size, flips=False)
         with torch.inference_mode():
             d = score_with_crops(self.retriever, x, self.gallery, self.crop_scales, self.crop_reduce, CROP_BATCH)
@@ -93,24 +126,77 @@ class SceneRetrievalModel(PythonModel):
         return pd.DataFrame(rows, columns=["query", "rank", "scene_id", "label", "distance"])
 
 
+def _top_k(params: dict | None, default: int, n_scenes: int) -> int:
+    """The requested top_k (default: the logged one), at most the gallery's size; BadQuery if not a positive integer."""
+    value = (params or {}).get("top_k")
+    if value is None:
+        return min(default, n_scenes)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise BadQuery(f"top_k must be a positive integer, got {value!r}")
+    return min(int(value), n_scenes)
+
+
 def _as_images(model_input) -> np.ndarray:
-    """The pyfunc input as (B, H, W, 3) uint8, with a clear error for anything else."""
+    """The pyfunc input as (B, H, W, 3) uint8: uint8 as is, ints in [0, 255] and floats in [0, 1] converted.
+
+    Nothing is clipped: values outside those ranges are an error, as are other shapes, dtypes,
+    NaN, an empty batch and more than MAX_BATCH images or MAX_QUERY_PIXELS pixels.
+
+    Raises:
+        BadQuery: naming the problem.
+    """
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):  # a served tensor sometimes arrives as a one-column frame
-        model_input = np.stack(model_input.iloc[:, 0].to_numpy())
-    x = np.asarray(model_input)
+        model_input = model_input.iloc[:, 0].to_numpy() if model_input.shape[1] == 1 else model_input.to_numpy()
+        if len(model_input) and model_input.dtype == object:
+            model_input = _stack(list(model_input))
+    try:
+        x = np.asarray(model_input)
+    except ValueError:  # numpy refuses ragged nested lists
+        raise BadQuery("the images of a batch must all have the same shape (batch, height, width, 3); got ragged lists") from None
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.issubdtype(x.dtype, np.complexfloating):
+        raise BadQuery(f"expected numeric RGB pixels (uint8 in [0, 255] or floats in [0, 1]), got dtype {x.dtype}")
     if x.ndim == 3:
         x = x[None]
-    if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] < 8 or x.shape[2] < 8:
-        raise ValueError(f"expected RGB images shaped (batch, height, width, 3), got an array of shape {x.shape}")
-    if x.dtype != np.uint8:
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise BadQuery(f"expected RGB images shaped (batch, height, width, 3), got an array of shape {x.shape}")
+    _check_size(x.shape)
+    if x.dtype == np.uint8:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise BadQuery("the pixels contain NaN or infinite values")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise BadQuery(f"float pixels must lie in [0, 1] (send uint8 for [0, 255]), got values in [{lo:.4g}, {hi:.4g}]")
         from scenesearch.preprocess import to_uint8
 
-        if np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1:
-            return to_uint8(x)  # [0, 1] floats
-        x = np.clip(x, 0, 255).astype(np.uint8)
-    return x
+        return to_uint8(x)
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi > 255:
+        raise BadQuery(f"integer pixels must lie in [0, 255], got values in [{lo}, {hi}]")
+    return x.astype(np.uint8)
+
+
+def _stack(images: list) -> np.ndarray:
+    shapes = {np.shape(i) for i in images}
+    if len(shapes) > 1:
+        raise BadQuery(f"the images of a batch must all have the same shape, got {len(shapes)} shapes: {sorted(shapes)[:3]}")
+    return np.stack(images)
+
+
+def _check_size(shape: tuple) -> None:
+    """BadQuery unless a (B, H, W, 3) batch has 1..MAX_BATCH images of MIN_SIDE..MAX_QUERY_PIXELS."""
+    b, h, w = shape[:3]
+    if b == 0:
+        raise BadQuery("the batch is empty: send at least one image")
+    if b > MAX_BATCH:
+        raise BadQuery(f"the batch has {b} images, more than the {MAX_BATCH} one call accepts: split it")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise BadQuery(f"the images are {w}x{h} pixels, smaller than the {MIN_SIDE}x{MIN_SIDE} minimum")
+    if h * w > MAX_QUERY_PIXELS:
+        raise BadQuery(f"the images are {w}x{h} pixels, more than the {MAX_QUERY_PIXELS:,} a query image may have")
 
 
 def signature(top_k: int):
@@ -260,7 +346,11 @@ def query_files(model_uri: str, tracking_uri: str, paths: list[str], top_k: int)
     answers = []
     for p in paths:
         try:
-            image = decode_image(p, storage.read_bytes(p))
+            image = decode_image(p, storage.read_bytes(p), max_pixels=MAX_QUERY_PIXELS, budget="the query image limit")  # from the header
+            _check_size(image[None].shape)
+        except BadQuery as e:  # the size checks do not know the file name
+            answers.append(Answer(p, [], e.message if e.message.startswith(f"{p}: ") else f"{p}: {e.message}"))
+            continue
         except ScenesearchError as e:
             answers.append(Answer(p, [], str(e)))
             continue
