@@ -17,7 +17,7 @@ def register(config_json: str, parent_run_id: str, fingerprint: str, report: Inp
         with tracking.step_run(cfg, parent_run_id, "register") as run:
             uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
             folders = [m.path for m in (models or [])] + [m.path for m in (gpu_models or [])]
-            done = registry.run(folders, report.path, fingerprint, uri, cfg.registry.name, cfg.registry_metric(), run.parent_tag("git_commit"))
+            done = registry.run(folders, report.path, fingerprint, uri, cfg.registry.name, cfg.registry_metric(), run.parent_tag("git_commit"), owner=f"run:{parent_run_id}")
             tracking.link_run_outputs(run.client, run.parent_id, folders, fingerprint)
             for r in done:
                 print(f"{cfg.registry.name} version {r.version} ({r.key}): {r.alias}, {r.reason}")

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import secrets
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenesearch import storage, tracking
+from scenesearch import registry, storage, tracking
 from scenesearch.config import RunConfig
 from scenesearch.errors import ScenesearchError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,13 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     """Execute the pipeline locally; results come from the pipeline root (the evaluate report),
     step timings and the run's identity from its MLflow parent run.
 
+    First the store is checked (`tracking.check_store`) and what killed runs left on it is
+    recovered (`recover`); the tasks get this process's `tracking.driver_id` so that the next run
+    can tell whether this one was killed.
+
     Raises:
         ScenesearchError: a task failed; the message is the failing step's own sentence.
+        TrackingError: the store is unreachable at the start, or stopped answering.
     """
     import kfp.local
 
@@ -46,7 +56,14 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     uri = tracking.resolve_uri(cfg.tracking.tracking_uri)
     # Tasks are separate processes: pin the store so each of them logs to the same place.
     cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, tracking_uri=uri))
-    run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracking.apply_retry_policy(cfg.tracking)
+    tracking.check_store(uri)
+    # The parent run is found by its name: two runs started in the same second must not share one.
+    run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    with tracking.tracking_calls(uri, "recovering killed runs"):
+        for note in recover(cfg, uri, run_name):
+            log.warning("recovered: %s", note)
+    os.environ[tracking.DRIVER_ENV] = tracking.driver_id()
     root = Path(workdir).resolve() / "kfp"
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     # The subprocess runner warns that the components name a container image; locally that is by design.
@@ -60,11 +77,44 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
         report_dir = pipeline(**run_arguments(cfg, data_root, run_name)).output.path
     except RuntimeError as e:  # kfp.local reports a failed task this way
         failure = e
-    parent = _parent(uri, cfg.tracking.experiment, run_name)
+    except BaseException as e:  # Ctrl-C: close the runs now rather than at the next run
+        _close(uri, cfg.tracking.experiment, run_name, f"interrupted ({type(e).__name__}) while its pipeline ran")
+        raise
+    with tracking.tracking_calls(uri, "the pipeline ended, but its MLflow run cannot be read"):
+        parent = _parent(uri, cfg.tracking.experiment, run_name)
     if failure is not None or parent.info.status != "FINISHED":
         raise ScenesearchError(parent.data.tags.get("error") or f"the pipeline failed ({failure})")
     metrics = json.loads(storage.read_bytes(Path(report_dir) / "metrics.json"))
     return LocalRun(uri, parent.info.experiment_id, parent.info.run_id, run_name, parent.info.status, metrics, _step_seconds(uri, parent), str(root), report_dir)
+
+
+def recover(cfg: RunConfig, uri: str, by: str) -> list[str]:
+    """What killed runs left on the store: their runs closed as KILLED (`tracking.close_stale_runs`), their
+    half-registered versions finished or removed and a lock they held released (`registry.repair`).
+
+    Returns:
+        One line per thing recovered.
+    """
+    notes = tracking.close_stale_runs(uri, cfg.tracking.experiment, by)
+    c = tracking.client(uri)
+    if registry.needs_repair(c, cfg.registry.name):
+        with registry.lock(c, cfg.registry.name, f"process:{tracking.driver_id()}"):
+            notes += registry.repair(c, cfg.registry.name)
+    return notes
+
+
+def _close(uri: str, experiment: str, run_name: str, why: str) -> None:
+    """Best effort: mark the run `run_name` and its open step runs KILLED with ENDED_TAG = why."""
+    try:
+        parent = _parent(uri, experiment, run_name)
+        c = tracking.client(uri)
+        children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'RUNNING'")
+        for r in [parent, *children]:
+            if r.info.status == "RUNNING":
+                c.set_tag(r.info.run_id, tracking.ENDED_TAG, why)
+                c.set_terminated(r.info.run_id, "KILLED")
+    except Exception:  # noqa: BLE001 - the next run's recover closes them instead
+        pass
 
 
 def _parent(uri: str, experiment: str, run_name: str):

@@ -176,15 +176,19 @@ def cmd_run(args) -> dict:
     t0 = time.perf_counter()
     from scenesearch.data.generate import generate, is_current, was_generated
 
-    if not storage.exists(data_root):
-        if not (cfg.data.generate and args.data is None) or storage.is_remote(data_root):
-            raise ScenesearchError(f"dataset root {data_root} does not exist")
-        print(f"generating the embedded benchmark at {data_root} ...", file=sys.stderr)
-        generate(data_root, cfg.data, cfg.seed)
-    elif cfg.data.generate and args.data is None and was_generated(data_root) and not is_current(data_root, cfg.data, cfg.seed):
-        # our own folder, from other settings or an older generator: the run must see what the config says
-        print(f"regenerating the embedded benchmark at {data_root} (made from other settings) ...", file=sys.stderr)
-        generate(data_root, cfg.data, cfg.seed)
+    tracking.check_store(tracking.resolve_uri(cfg.tracking.tracking_uri))  # before any work
+    own = cfg.data.generate and args.data is None and not storage.is_remote(data_root)
+    # Two runs started together must not both write the embedded benchmark: one does, the other waits.
+    with storage.local_lock(Path(data_root).resolve().parent / f".{Path(data_root).name}.lock") if own else contextlib.nullcontext():
+        if not storage.exists(data_root):
+            if not own:
+                raise ScenesearchError(f"dataset root {data_root} does not exist")
+            print(f"generating the embedded benchmark at {data_root} ...", file=sys.stderr)
+            generate(data_root, cfg.data, cfg.seed)
+        elif own and was_generated(data_root) and not is_current(data_root, cfg.data, cfg.seed):
+            # our own folder, from other settings or an older generator: the run must see what the config says
+            print(f"regenerating the embedded benchmark at {data_root} (made from other settings) ...", file=sys.stderr)
+            generate(data_root, cfg.data, cfg.seed)
     gen_seconds = time.perf_counter() - t0
     run = run_local(cfg, data_root, args.workdir)
     print("\n== scenesearch run finished ==")
@@ -194,10 +198,10 @@ def cmd_run(args) -> dict:
     print(format_report(run.metrics, cfg.evaluate.splits, cfg.evaluate.k))
     for report in method_reports(run.report_dir):
         print("\n" + report.rstrip())
-    print(f"MLflow: {run.tracking_uri}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
+    print(f"MLflow: {tracking.redact(run.tracking_uri)}  experiment '{cfg.tracking.experiment}' ({run.experiment_id}), run '{run.run_name}' ({run.run_id})")
     print(f"KFP pipeline root: {run.pipeline_root}  (report: {run.report_dir})")
     command = tracking.ui_command(run.tracking_uri)
-    base = run.tracking_uri if command.startswith("open ") else "http://127.0.0.1:5000"
+    base = tracking.redact(run.tracking_uri) if command.startswith("open ") else "http://127.0.0.1:5000"
     print(f"Open the MLflow UI with: {command}")
     print(f"  then the runs of this experiment: {tracking.runs_page_url(base, run.experiment_id)}")
     return {"run_id": run.run_id, "metrics": run.metrics, "step_seconds": run.step_seconds}

@@ -294,10 +294,21 @@ class EvaluateConfig:
 class TrackingConfig:
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db in the project
     experiment: str = "scenesearch"
+    # A tracking server that stops answering mid-run: MLflow's client retries each call this many
+    # times, sleeping backoff_factor * 2^(n-1) s between tries (capped at 120 s): with 7 and 2,
+    # about 4 minutes, MLflow's own defaults. Then the step fails in one sentence.
+    http_retries: int = 7
+    http_backoff_factor: int = 2
+    http_timeout_s: int = 120  # one call's timeout
 
     def validate(self) -> None:
         if not self.experiment:
             raise ConfigError("tracking.experiment must be a non-empty name")
+        if self.http_retries < 0:
+            raise ConfigError(f"tracking.http_retries must be >= 0, got {self.http_retries}")
+        if self.http_backoff_factor < 0:
+            raise ConfigError(f"tracking.http_backoff_factor must be >= 0, got {self.http_backoff_factor}")
+        _positive(self, "http_timeout_s")
 
 
 @dataclass(frozen=True)

@@ -23,3 +23,7 @@ class ItemError(ScenesearchError):
 
 class RenderError(ScenesearchError):
     """The rasteriser could not be started or could not draw a scene."""
+
+
+class TrackingError(ScenesearchError):
+    """The MLflow tracking store or server cannot be reached or refused a call; the message names it."""

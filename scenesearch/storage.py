@@ -159,7 +159,7 @@ def _s3_error(uri: str, error: BaseException, what: str = "file") -> DataError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 
     bucket, _ = _s3_parts(uri)
-    endpoint = _redact(s3_endpoint() or "AWS S3")
+    endpoint = redact_url(s3_endpoint() or "AWS S3")
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", "")) or str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         if code == "NoSuchBucket":
@@ -176,7 +176,7 @@ def _s3_error(uri: str, error: BaseException, what: str = "file") -> DataError:
     return DataError(f"{uri}: the S3 request failed ({type(error).__name__})")
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """An endpoint URL without any user:password part."""
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if parts.netloc else url
@@ -454,3 +454,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
 
+
+@contextlib.contextmanager
+def local_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on the local file `path` (created if missing) for the block.
+
+    Processes on one machine that share a file (a SQLite store, a generated dataset) take it
+    around their critical section; the OS releases it when a holder dies, even by SIGKILL.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from scenesearch.config import RunConfig
-from scenesearch.errors import ScenesearchError
+from scenesearch.config import RunConfig, TrackingConfig
+from scenesearch.errors import ScenesearchError, TrackingError
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
@@ -31,6 +31,11 @@ EXPERIMENT_KIND_ML = "custom_model_development"
 # overrides it. Links into the runs table therefore carry workflowType=machine_learning.
 WORKFLOW_TYPE_ML = "machine_learning"
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # mlflow.utils.mlflow_tags.MLFLOW_DATASET_CONTEXT
+# Who drives a local pipeline run: `scenesearch run` puts host:pid:start-ticks in the environment of
+# its tasks and start_run tags the parent with it, so a later run can tell a killed run from a live one.
+DRIVER_ENV = "SCENESEARCH_DRIVER"
+DRIVER_TAG = "scenesearch.driver"
+ENDED_TAG = "scenesearch.ended"  # why a run was closed by another run than itself
 
 
 def resolve_uri(configured: str = "") -> str:
@@ -49,6 +54,125 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def redact(uri: str) -> str:
+    """A tracking URI fit for a log line or a param: no user:password part."""
+    from scenesearch.storage import redact_url
+
+    return redact_url(uri) if "://" in uri and not uri.startswith("sqlite:") else uri
+
+
+def apply_retry_policy(t: TrackingConfig) -> None:
+    """Set MLflow's HTTP retry policy from the config (it reads the environment on every call; tasks inherit it)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(t.http_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.http_timeout_s)
+
+
+def check_store(uri: str, attempts: int = 3) -> None:
+    """Before any work: the tracking store answers, in one sentence if not.
+
+    A server must answer ``/health`` (any reply below 500 counts: an auth proxy's 401 is a live
+    server); a SQLite file's folder must be writable, and the store is opened once under a lock
+    beside the file, so two runs that start together on a new store do not both create its tables.
+    Any other store (a database URL) must answer one search.
+
+    Args:
+        uri: the resolved tracking URI.
+        attempts: tries of the server's /health, one second apart.
+
+    Raises:
+        TrackingError: naming the store and what failed.
+    """
+    import urllib.error
+    import urllib.request
+
+    from scenesearch import storage
+
+    shown = redact(uri)
+    if uri.startswith(("http://", "https://")):
+        reason = ""
+        for i in range(attempts):
+            try:
+                with urllib.request.urlopen(shown.rstrip("/") + "/health", timeout=5):
+                    return
+            except urllib.error.HTTPError as e:
+                if e.code < 500:
+                    return
+                reason = f"HTTP {e.code}"
+            except (OSError, ValueError) as e:
+                reason = _reason(e)
+            if i + 1 < attempts:
+                time.sleep(1.0)
+        raise TrackingError(f"the MLflow tracking server {shown} is not reachable ({reason}); start it, or point tracking.tracking_uri or $MLFLOW_TRACKING_URI at a running one")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrackingError(f"the MLflow store {path} cannot be created ({e.strerror or e})") from None
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise TrackingError(f"the MLflow store {path} is not writable")
+        with storage.local_lock(path.with_name(path.name + ".lock")):
+            _open(uri, f"the MLflow store {path}")
+        return
+    _open(uri, f"the MLflow tracking store {shown}")
+
+
+def _open(uri: str, what: str) -> None:
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - drivers and MLflow raise many types for "cannot open"
+        raise TrackingError(f"{what} cannot be opened ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The first line of an exception, for a one-sentence message (an OSError's own words, without its errno)."""
+    e = getattr(e, "reason", None) or e  # urllib's URLError wraps the OSError
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def unreachable(e: BaseException) -> str | None:
+    """Why the tracking server did not answer, when `e` (or what it was raised from) says so; else None.
+
+    MLflow's client has already retried (``tracking.http_retries``) by the time it raises.
+    """
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if type(e).__name__ in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NewConnectionError", "ConnectionRefusedError"):
+            break
+        if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish a new connection" in text:
+            break
+        e = e.__cause__ or e.__context__
+    else:
+        return None
+    if e is None:
+        return None
+    text = str(e)
+    for known in ("Connection refused", "timed out", "too many 5", "Name or service not known", "Connection reset"):
+        if known in text:
+            return known.replace("too many 5", "server errors (5xx)")
+    return type(e).__name__
+
+
+@contextlib.contextmanager
+def tracking_calls(uri: str, what: str) -> Iterator[None]:
+    """MLflow calls whose failure to reach the server becomes one TrackingError sentence naming the server (after `what`, if given)."""
+    try:
+        yield
+    except Exception as e:
+        reason = unreachable(e)
+        if reason is None:
+            raise
+        retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+        raise TrackingError(
+            (f"{what}: " if what else "") + f"the MLflow tracking server {redact(uri)} did not answer after {retries} retries ({reason});"
+            " outputs already written stay on disk, run again once the server is back"
+        ) from None
 
 
 def client(uri: str):
@@ -209,7 +333,7 @@ def ui_command(tracking_uri: str) -> str:
     import sys
 
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri} in a browser"
+        return f"open {redact(tracking_uri)} in a browser"
     store = tracking_uri
     if tracking_uri.startswith("sqlite:///"):
         path = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
@@ -245,15 +369,24 @@ def runs_page_url(base_url: str, experiment_id: str, run_id: str | None = None) 
 def start_parent(cfg: RunConfig, run_name: str, commit: str) -> str:
     """Create the pipeline's parent run with the whole config, commit and seed as params; return its id."""
     uri = resolve_uri(cfg.tracking.tracking_uri)
-    c = client(uri)
-    exp = ensure_experiment(c, cfg.tracking.experiment, uri)
-    run = c.create_run(exp, run_name=run_name, tags={"preset": cfg.name, "git_commit": commit})
-    _params(c, run.info.run_id, {**cfg.flat(), "git_commit": commit})
+    apply_retry_policy(cfg.tracking)
+    tags = {"preset": cfg.name, "git_commit": commit}
+    if os.environ.get(DRIVER_ENV):
+        tags[DRIVER_TAG] = os.environ[DRIVER_ENV]
+    with tracking_calls(uri, ""):
+        c = client(uri)
+        exp = ensure_experiment(c, cfg.tracking.experiment, uri)
+        run = c.create_run(exp, run_name=run_name, tags=tags)
+        params = {**cfg.flat(), "git_commit": commit}
+        params["tracking.tracking_uri"] = redact(str(params.get("tracking.tracking_uri", "")))
+        _params(c, run.info.run_id, params)
     return run.info.run_id
 
 
 def finish_parent(cfg: RunConfig, run_id: str, status: str = "FINISHED") -> None:
-    client(resolve_uri(cfg.tracking.tracking_uri)).set_terminated(run_id, status)
+    uri = resolve_uri(cfg.tracking.tracking_uri)
+    with tracking_calls(uri, "closing the parent run"):
+        client(uri).set_terminated(run_id, status)
 
 
 class StepRun:
@@ -301,26 +434,115 @@ class StepRun:
 
 @contextlib.contextmanager
 def step_run(cfg: RunConfig, parent_id: str, step: str) -> Iterator[StepRun]:
-    """A nested child run for one step; a failure marks the child and the parent FAILED and re-raises."""
-    c = client(resolve_uri(cfg.tracking.tracking_uri))
-    exp = c.get_run(parent_id).info.experiment_id
-    run = c.create_run(exp, run_name=step, tags={PARENT_TAG: parent_id, "step": step})
+    """A nested child run for one step; a failure marks the child and the parent FAILED and re-raises.
+
+    A tracking server that stops answering (after MLflow's retries) fails the step with one
+    TrackingError sentence; the runs are then left for the next run's `close_stale_runs`.
+    """
+    uri = resolve_uri(cfg.tracking.tracking_uri)
+    apply_retry_policy(cfg.tracking)
+    with tracking_calls(uri, ""):  # the task's edge names the step
+        c = client(uri)
+        exp = c.get_run(parent_id).info.experiment_id
+        run = c.create_run(exp, run_name=step, tags={PARENT_TAG: parent_id, "step": step})
     handle = StepRun(c, run.info.run_id, parent_id)
     start = time.perf_counter()
     try:
         yield handle
-    except ScenesearchError as e:
+    except BaseException as e:
+        if unreachable(e) is not None:
+            with tracking_calls(uri, ""):
+                raise
         # A user-facing failure: record the sentence where the CLI and the MLflow UI find it;
         # the task's edge (scenesearch.cli.task_edge) prints it and exits non-zero.
-        for rid in (run.info.run_id, parent_id):
-            c.set_tag(rid, "error", f"{step}: {e}")
-            c.set_terminated(rid, "FAILED")
+        message = f"{step}: {e}" if isinstance(e, ScenesearchError) else f"{step}: {type(e).__name__}: {e}"[:5000]
+        status = "FAILED" if isinstance(e, Exception) else "KILLED"  # Ctrl-C, or the task told to exit
+        with contextlib.suppress(Exception):  # best effort: the step's own error is the one to show
+            for rid in (run.info.run_id, parent_id):
+                c.set_tag(rid, "error", message)
+                c.set_terminated(rid, status)
         raise
-    except BaseException as e:
-        for rid in (run.info.run_id, parent_id):
-            c.set_tag(rid, "error", f"{step}: {type(e).__name__}: {e}"[:5000])
-            c.set_terminated(rid, "FAILED")
-        raise
-    handle.log_metrics({"step_seconds": time.perf_counter() - start})
-    handle.log_metrics({f"{step}_seconds": time.perf_counter() - start}, parent=True)
-    c.set_terminated(run.info.run_id, "FINISHED")
+    with tracking_calls(uri, ""):
+        handle.log_metrics({"step_seconds": time.perf_counter() - start})
+        handle.log_metrics({f"{step}_seconds": time.perf_counter() - start}, parent=True)
+        c.set_terminated(run.info.run_id, "FINISHED")
+
+
+# --------------------------------------------------------------------------------------------
+# Runs that a killed process left open
+# --------------------------------------------------------------------------------------------
+
+
+def driver_id() -> str:
+    """This process as host:pid:start-ticks (the start time tells a reused pid from the original)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[19]  # field 22, starttime; the name in () may hold spaces
+    except (OSError, IndexError):
+        return "0"
+
+
+def driver_alive(driver: str) -> bool:
+    """Whether the process a `driver_id` names still runs; True when it ran on another host (unknowable here)."""
+    import socket
+
+    try:
+        host, pid_text, ticks = driver.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return ticks == "0" or _start_ticks(pid) in (ticks, "0")
+
+
+def close_stale_runs(uri: str, experiment: str, by: str) -> list[str]:
+    """Close the runs of `experiment` that killed processes left RUNNING; returns one line per run closed.
+
+    A parent run is stale when the `scenesearch run` that drove it (its DRIVER_TAG) ran on this
+    host and is gone; a child run is stale when its parent is no longer RUNNING. Each is marked
+    KILLED with ENDED_TAG saying why and by whom. Parents of runs submitted to a cluster carry no
+    driver tag and are left alone (KFP marks its own failed runs).
+
+    Args:
+        uri: the tracking URI.
+        experiment: the experiment's name (nothing to do when it does not exist yet).
+        by: who closes them (the new run's name), for the tag.
+    """
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    running = c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    parents = {r.info.run_id: r for r in running if PARENT_TAG not in r.data.tags}
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    notes, closed = [], set()
+    for rid, r in parents.items():
+        driver = r.data.tags.get(DRIVER_TAG, "")
+        if driver and not driver_alive(driver):
+            why = f"killed: its scenesearch run process ({driver}) ended without closing it; closed by run {by} at {stamp}"
+            c.set_tag(rid, ENDED_TAG, why)
+            c.set_terminated(rid, "KILLED")
+            closed.add(rid)
+            notes.append(f"run {r.info.run_name} ({rid}): KILLED, {why}")
+    for r in running:
+        parent = r.data.tags.get(PARENT_TAG)
+        if parent is None or (parent in parents and parent not in closed):
+            continue
+        why = f"killed: its pipeline run {parent} had ended; closed by run {by} at {stamp}"
+        c.set_tag(r.info.run_id, ENDED_TAG, why)
+        c.set_terminated(r.info.run_id, "KILLED")
+        notes.append(f"step run {r.info.run_name} ({r.info.run_id}): KILLED, {why}")
+    return notes
