@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from scenesearch import registry, storage, tracking
+from scenesearch import recovery, storage, tracking
 from scenesearch.config import RunConfig
 from scenesearch.errors import ScenesearchError
 
@@ -42,7 +42,7 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     step timings and the run's identity from its MLflow parent run.
 
     First the store is checked (`tracking.check_store`) and what killed runs left on it is
-    recovered (`recover`); the tasks get this process's `tracking.driver_id` so that the next run
+    recovered (`scenesearch.recovery.recover`); the tasks get this process's `tracking.driver_id` so that the next run
     can tell whether this one was killed.
 
     Raises:
@@ -61,7 +61,7 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     # The parent run is found by its name: two runs started in the same second must not share one.
     run_name = run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     with tracking.tracking_calls(uri, "recovering killed runs"):
-        for note in recover(cfg, uri, run_name):
+        for note in recovery.recover(cfg, uri, run_name):
             log.warning("recovered: %s", note)
     os.environ[tracking.DRIVER_ENV] = tracking.driver_id()
     root = Path(workdir).resolve() / "kfp"
@@ -78,7 +78,7 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
     except RuntimeError as e:  # kfp.local reports a failed task this way
         failure = e
     except BaseException as e:  # Ctrl-C: close the runs now rather than at the next run
-        _close(uri, cfg.tracking.experiment, run_name, f"interrupted ({type(e).__name__}) while its pipeline ran")
+        recovery.close_run(uri, cfg.tracking.experiment, run_name, f"interrupted ({type(e).__name__}) while its pipeline ran")
         raise
     with tracking.tracking_calls(uri, "the pipeline ended, but its MLflow run cannot be read"):
         parent = _parent(uri, cfg.tracking.experiment, run_name)
@@ -86,35 +86,6 @@ def run_local(cfg: RunConfig, data_root: str, workdir: str | Path, run_name: str
         raise ScenesearchError(parent.data.tags.get("error") or f"the pipeline failed ({failure})")
     metrics = json.loads(storage.read_bytes(Path(report_dir) / "metrics.json"))
     return LocalRun(uri, parent.info.experiment_id, parent.info.run_id, run_name, parent.info.status, metrics, _step_seconds(uri, parent), str(root), report_dir)
-
-
-def recover(cfg: RunConfig, uri: str, by: str) -> list[str]:
-    """What killed runs left on the store: their runs closed as KILLED (`tracking.close_stale_runs`), their
-    half-registered versions finished or removed and a lock they held released (`registry.repair`).
-
-    Returns:
-        One line per thing recovered.
-    """
-    notes = tracking.close_stale_runs(uri, cfg.tracking.experiment, by)
-    c = tracking.client(uri)
-    if registry.needs_repair(c, cfg.registry.name):
-        with registry.lock(c, cfg.registry.name, f"process:{tracking.driver_id()}"):
-            notes += registry.repair(c, cfg.registry.name)
-    return notes
-
-
-def _close(uri: str, experiment: str, run_name: str, why: str) -> None:
-    """Best effort: mark the run `run_name` and its open step runs KILLED with ENDED_TAG = why."""
-    try:
-        parent = _parent(uri, experiment, run_name)
-        c = tracking.client(uri)
-        children = c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'RUNNING'")
-        for r in [parent, *children]:
-            if r.info.status == "RUNNING":
-                c.set_tag(r.info.run_id, tracking.ENDED_TAG, why)
-                c.set_terminated(r.info.run_id, "KILLED")
-    except Exception:  # noqa: BLE001 - the next run's recover closes them instead
-        pass
 
 
 def _parent(uri: str, experiment: str, run_name: str):

@@ -167,3 +167,22 @@ def test_an_unreachable_store_is_one_sentence(tmp_path):
             tracking.check_store(f"sqlite:///{tmp_path / 'ro' / 'mlruns.db'}")
     tracking.check_store(f"sqlite:///{tmp_path / 'new' / 'mlruns.db'}")
     assert (tmp_path / "new" / "mlruns.db").is_file()
+
+
+def test_an_interrupted_run_closes_its_own_runs_as_killed(mlflow_uri, monkeypatch):
+    from scenesearch import recovery
+
+    c = tracking.client(mlflow_uri)
+    exp = tracking.ensure_experiment(c, "e", mlflow_uri)
+    parent = _run(c, exp, "smoke-1", {tracking.DRIVER_TAG: tracking.driver_id()})
+    step = _run(c, exp, "features", {tracking.PARENT_TAG: parent, "step": "features"})
+    done = _run(c, exp, "ingest", {tracking.PARENT_TAG: parent, "step": "ingest"})
+    c.set_terminated(done, "FINISHED")
+    other = _run(c, exp, "smoke-2", {})
+
+    recovery.close_run(mlflow_uri, "e", "smoke-1", "interrupted (KeyboardInterrupt) while its pipeline ran")
+
+    assert [c.get_run(r).info.status for r in (parent, step, done, other)] == ["KILLED", "KILLED", "FINISHED", "RUNNING"]
+    assert c.get_run(step).data.tags[tracking.ENDED_TAG].startswith("interrupted (KeyboardInterrupt)")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    recovery.close_run("http://127.0.0.1:1", "e", "smoke-1", "unreachable: swallowed")  # never raises
