@@ -49,3 +49,32 @@ def smoke_preprocessed(tmp_path_factory, smoke_dataset, smoke_cfg):
     render.run(str(dirs["manifest"]), str(dirs["views"]), smoke_cfg.render)
     preprocess.run(str(dirs["manifest"]), str(dirs["views"]), str(dirs["images"]), smoke_cfg.preprocess)
     return dirs
+
+
+def check_pipeline_run(client, parent_id: str) -> dict[str, str]:
+    """Assert that a pipeline run finished with its steps and that each metric was recorded once per step.
+
+    Two runs writing into each other, or a retried call logging twice, show up as a second value
+    of a metric at the same step. Returns {step: child run id}.
+    """
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED", parent.data.tags.get("error")
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000)
+    # one run per step (tag step) and one per method (tag method_key, the evaluate step's)
+    for tag in ("step", "method_key"):
+        names = [r.data.tags[tag] for r in children if tag in r.data.tags]
+        assert len(names) == len(set(names)), f"a {tag} ran twice under {parent_id}: {sorted(names)}"
+    steps = [r.data.tags["step"] for r in children if "step" in r.data.tags]
+    assert {"ingest", "render", "preprocess", "features", "evaluate", "register"} <= set(steps)
+    for run in [parent, *children]:
+        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+        for key in run.data.metrics:
+            history = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert len(history) == len(set(history)), f"{run.info.run_name}: metric {key} recorded twice at a step: {history}"
+    return {r.data.tags["step"]: r.info.run_id for r in children if "step" in r.data.tags}
+
+
+@pytest.fixture
+def pipeline_run_check():
+    """`check_pipeline_run` for tests of runs that were killed, cut off from the server, or ran at once."""
+    return check_pipeline_run

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +16,6 @@ from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/scenesearch-smoke@champion"
-
-
-@dataclass
-class SmokeRun:
-    cwd: Path
-    stdout: str
-    uri: str
-    env: dict
-    dataset: Path
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, smoke_dataset):
-    """`scenesearch run --preset smoke` once, in a fresh folder with the default (SQLite) store."""
-    cwd = tmp_path_factory.mktemp("run")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # exercise the default store
-    p = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "run", "--preset", "smoke", "--data", str(smoke_dataset), "--workdir", str(cwd / "runs")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    uri = f"sqlite:///{cwd / 'mlruns.db'}"
-    return SmokeRun(cwd, p.stdout, uri, {**env, "MLFLOW_TRACKING_URI": uri}, smoke_dataset)
 
 
 def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):

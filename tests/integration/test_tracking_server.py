@@ -19,9 +19,33 @@ from mlflow.tracking import MlflowClient
 STEPS = {"ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"}
 
 
+def _secrets() -> dict[str, str]:
+    """Credentials as a cluster's pods hold them (infra's Secret): S3 keys and MLflow's auth variables."""
+    return {
+        "AWS_ACCESS_KEY_ID": "AKIA" + uuid.uuid4().hex[:16].upper(),
+        "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex + uuid.uuid4().hex[:8],
+        "AWS_SESSION_TOKEN": "tok-" + uuid.uuid4().hex,
+        "MLFLOW_TRACKING_USERNAME": "user-" + uuid.uuid4().hex[:8],
+        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
+        "MLFLOW_TRACKING_TOKEN": "bearer-" + uuid.uuid4().hex,
+    }
+
+
+def _scan(secrets: dict[str, str], where: str, data: bytes | str) -> list[str]:
+    """Which secrets (or the Basic auth header MLflow would build from them) occur in `data`."""
+    import base64
+
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    basic = base64.b64encode(f"{secrets['MLFLOW_TRACKING_USERNAME']}:{secrets['MLFLOW_TRACKING_PASSWORD']}".encode())
+    found = [f"{name} in {where}" for name, value in secrets.items() if value.encode() in data]
+    return found + ([f"Basic auth header in {where}"] if basic in data else [])
+
+
 @pytest.mark.slow
 def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, smoke_dataset, smoke_cfg, tracking_server, s3):
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url}
+    secrets = _secrets()  # in the environment of the run: none may reach a log, a param, a tag or an artifact
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url} | secrets
     p = subprocess.run(
         [sys.executable, "-m", "scenesearch.cli", "run", "--preset", "smoke", "--data", str(smoke_dataset), "--workdir", str(tmp_path / "runs")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
@@ -56,6 +80,23 @@ def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, sm
     assert version.status == "READY"
     source = c.get_model_version_download_uri(name, version.version)
     assert "MLmodel" in s3.files(source), (source, sorted(s3.files(source)))
+
+    # Secrets: the run's output, every file of its pipeline root, every run's params, tags and
+    # metric names, the registry's versions, and every object the server stored in the bucket.
+    hits = _scan(secrets, "the run's output", p.stdout + p.stderr)
+    files = [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]
+    assert len(files) > 20
+    for f in files:
+        hits += _scan(secrets, str(f), f.read_bytes())
+    for r in c.search_runs([exp.experiment_id], max_results=1000):
+        hits += _scan(secrets, f"run {r.info.run_name}", json.dumps([r.data.params, r.data.tags, sorted(r.data.metrics)]))
+    for v in c.search_model_versions(f"name = '{name}'"):
+        hits += _scan(secrets, f"version {v.version}", json.dumps([v.tags, v.description or "", v.source]))
+    objects = [o["Key"] for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=s3.name) for o in page.get("Contents", [])]
+    assert any(k.endswith("MLmodel") for k in objects) and any(k.endswith("metrics.json") for k in objects)
+    for key in objects:
+        hits += _scan(secrets, key, s3.client.get_object(Bucket=s3.name, Key=key)["Body"].read())
+    assert hits == [], hits
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
