@@ -148,9 +148,7 @@ def unreachable(e: BaseException) -> str | None:
         if "Max retries exceeded" in text or "Connection refused" in text or "Failed to establish a new connection" in text:
             break
         e = e.__cause__ or e.__context__
-    else:
-        return None
-    if e is None:
+    else:  # the chain ended (or looped) without a connection failure
         return None
     text = str(e)
     for known in ("Connection refused", "timed out", "too many 5", "Name or service not known", "Connection reset"):
@@ -532,7 +530,7 @@ def close_stale_runs(uri: str, experiment: str, by: str) -> list[str]:
     for rid, r in parents.items():
         driver = r.data.tags.get(DRIVER_TAG, "")
         if driver and not driver_alive(driver):
-            why = f"killed: its scenesearch run process ({driver}) ended without closing it; closed by run {by} at {stamp}"
+            why = f"ended without closing: its scenesearch run process ({driver}) is gone (killed, or cut off from the tracking server); closed by run {by} at {stamp}"
             c.set_tag(rid, ENDED_TAG, why)
             c.set_terminated(rid, "KILLED")
             closed.add(rid)
@@ -541,7 +539,7 @@ def close_stale_runs(uri: str, experiment: str, by: str) -> list[str]:
         parent = r.data.tags.get(PARENT_TAG)
         if parent is None or (parent in parents and parent not in closed):
             continue
-        why = f"killed: its pipeline run {parent} had ended; closed by run {by} at {stamp}"
+        why = f"ended without closing: its pipeline run {parent} had ended; closed by run {by} at {stamp}"
         c.set_tag(r.info.run_id, ENDED_TAG, why)
         c.set_terminated(r.info.run_id, "KILLED")
         notes.append(f"step run {r.info.run_name} ({r.info.run_id}): KILLED, {why}")

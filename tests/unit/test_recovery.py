@@ -59,7 +59,7 @@ def test_close_stale_runs_closes_a_dead_drivers_runs_and_orphans_only(mlflow_uri
     status = {rid: c.get_run(rid).info.status for rid in (dead, dead_step, live, live_step, cluster, failed, orphan)}
     assert status == {dead: "KILLED", dead_step: "KILLED", live: "RUNNING", live_step: "RUNNING", cluster: "RUNNING", failed: "FAILED", orphan: "KILLED"}
     why = c.get_run(dead).data.tags[tracking.ENDED_TAG]
-    assert why.startswith("killed: its scenesearch run process") and "closed by run next-run" in why
+    assert why.startswith("ended without closing: its scenesearch run process") and "closed by run next-run" in why
     assert "had ended" in c.get_run(orphan).data.tags[tracking.ENDED_TAG]
     assert len(notes) == 3 and all("\n" not in n for n in notes)
     assert tracking.close_stale_runs(mlflow_uri, "e", by="again") == []  # idempotent
@@ -186,3 +186,23 @@ def test_an_interrupted_run_closes_its_own_runs_as_killed(mlflow_uri, monkeypatc
     assert c.get_run(step).data.tags[tracking.ENDED_TAG].startswith("interrupted (KeyboardInterrupt)")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     recovery.close_run("http://127.0.0.1:1", "e", "smoke-1", "unreachable: swallowed")  # never raises
+
+
+def test_unreachable_reads_mlflows_connection_failures_and_nothing_else():
+    from mlflow.exceptions import MlflowException
+
+    text = ("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/create failed with exception HTTPConnectionPool(host='127.0.0.1', port=5000):"
+            " Max retries exceeded with url: /api/2.0/mlflow/runs/create (Caused by NewConnectionError(\"Failed to establish a new connection: [Errno 111] Connection refused\"))")
+    assert tracking.unreachable(MlflowException(text)) == "Connection refused"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError:
+            raise MlflowException("API request failed")  # chained implicitly, as MLflow raises it
+    except MlflowException as e:
+        assert tracking.unreachable(e) == "Connection refused"
+    assert tracking.unreachable(MlflowException("RESOURCE_DOES_NOT_EXIST: run abc not found")) is None
+    assert tracking.unreachable(ValueError("a step's own error")) is None
+    with pytest.raises(TrackingError, match=r"^train_cvae1: the MLflow tracking server http://127\.0\.0\.1:5000 did not answer after \d+ retries \(Connection refused\);"):
+        with tracking.tracking_calls("http://u:p@127.0.0.1:5000", "train_cvae1"):
+            raise MlflowException(text)
