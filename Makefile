@@ -50,7 +50,7 @@ test: setup $(TEST_DEPS) ## the whole test suite
 test-fast: setup $(TEST_DEPS) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-bench: setup ## print the speed figures (render, features, evaluate, CVAE training, CVAE distances, query latency)
+bench: setup ## print the speed figures (render, features, evaluate, CVAE training, CVAE distances, query latency, serving under load, hostile ingest)
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/bench_render.py
 	$(PY) bench/bench_features.py
@@ -58,6 +58,8 @@ bench: setup ## print the speed figures (render, features, evaluate, CVAE traini
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_distances.py
 	$(PY) bench/bench_query.py
+	$(PY) bench/bench_serve_load.py
+	$(PY) bench/hostile_corpus.py
 
 compile: setup ## write the pipeline IR YAML to dist/
 	$(VENV)/bin/scenesearch compile --preset $(PRESET)
