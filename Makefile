@@ -45,7 +45,7 @@ run: setup ## run the whole DAG on the embedded default through KFP local execut
 	$(VENV)/bin/scenesearch run --preset $(PRESET)
 
 test: setup $(TEST_DEPS) ## the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 test-fast: setup $(TEST_DEPS) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow"
