@@ -1,12 +1,11 @@
 from typing import List
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def pretrain(config_json: str, parent_run_id: str, images: Input[Dataset], backbone: Output[Model]):
     """features.weights=selfsup: train the VGG16 backbone on the dataset's own images, without labels, once for every shard."""
     from scenesearch import config, features as step, tracking
@@ -21,7 +20,7 @@ def pretrain(config_json: str, parent_run_id: str, images: Input[Dataset], backb
     backbone.metadata.update({"weights": "selfsup", "epochs": stats.get("epochs", 0)})
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def describe(config_json: str, shard: int, images: Input[Dataset], descriptors: Output[Dataset], backbone: Input[Model] = None):
     """VGG16 multi-layer descriptors of one block of the images. Logs nothing, so it can be cached.
     `backbone`: the pretrain task's output when features.weights is selfsup."""
@@ -36,7 +35,7 @@ def describe(config_json: str, shard: int, images: Input[Dataset], descriptors: 
     descriptors.metadata.update({"shard": shard, "n_images": len(desc), "images_per_s": rate, "device": device})
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def features(config_json: str, parent_run_id: str, images: Input[Dataset], descriptors: Input[List[Dataset]], features: Output[Dataset],
              backbone: Input[Model] = None):
     """Join the descriptor shards and project them with a PCA fitted on the train split (with selfsup

@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def ingest(config_json: str, parent_run_id: str, data_root: str, manifest: Output[Dataset]) -> str:
     """Validate and split the dataset -> manifest.parquet + rejected.parquet; returns the dataset fingerprint."""
     import os

@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def preprocess(config_json: str, parent_run_id: str, manifest: Input[Dataset], views: Input[Dataset], images: Output[Dataset]):
     """Renders and query images -> 64x64 float images in [0, 1] with flips."""
     from scenesearch import config, preprocess as step, tracking

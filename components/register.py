@@ -1,12 +1,11 @@
 from typing import List
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def register(config_json: str, parent_run_id: str, fingerprint: str, report: Input[Dataset], models: Input[List[Model]] = None, gpu_models: Input[List[Model]] = None):
     """Register every served model; `champion` moves only to a better one. Closes the parent MLflow run."""
     from scenesearch import config, registry, tracking

@@ -1,12 +1,11 @@
 from typing import List
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def render_shard(config_json: str, shard: int, manifest: Input[Dataset], views: Output[Dataset]):
     """13 views of one block of the scenes (OpenGL through EGL). Logs nothing, so it can be cached."""
     from scenesearch import config
@@ -19,7 +18,7 @@ def render_shard(config_json: str, shard: int, manifest: Input[Dataset], views: 
     views.metadata.update({**result.metrics(), "shard": shard})
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def render(config_json: str, parent_run_id: str, shards: Input[List[Dataset]], views: Output[Dataset]):
     """Join the render shards into one views.parquet (manifest order)."""
     from scenesearch import config, tracking

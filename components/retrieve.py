@@ -1,12 +1,11 @@
 from typing import List
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def retrieve(config_json: str, parent_run_id: str, rankings: Output[Dataset], models: Input[List[Model]] = None, gpu_models: Input[List[Model]] = None):
     """A (queries x scenes) distance matrix per trained (method, variant), each scored by its method."""
     from scenesearch import config, retrieval as step, tracking

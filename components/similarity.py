@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def similarity(config_json: str, parent_run_id: str, features: Input[Dataset], clusters: Output[Dataset], metrics: Output[Metrics]):
     """k-means similarity detection over render features; purity / NMI / ARI against the labels.
     Its clusters feed the training branches of the methods that consume them."""

@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def start_run(config_json: str, run_name: str, git_commit: str, shape: str, run: Output[Artifact]) -> str:
     """Validate the config against the compiled DAG, open the pipeline's parent MLflow run; returns its id.
 

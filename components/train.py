@@ -1,10 +1,9 @@
-from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components.image import BASE_IMAGE
+from components.image import component
 
 
-@dsl.component(base_image=BASE_IMAGE)
+@component
 def train(
     config_json: str,
     run: Input[Artifact],
