@@ -290,13 +290,49 @@ def first_query_image(images_dir: str | Path) -> np.ndarray:
 
 
 def load(model_uri: str, tracking_uri: str | None = None):
-    """The pyfunc model at `model_uri` (models:/name@alias, models:/name/3, runs:/..., a path)."""
+    """The pyfunc model at `model_uri` (models:/name@alias, models:/name/3, runs:/..., a path).
+
+    MLflow's own check of a model's requirements against this environment maps every installed
+    distribution to its modules (about 2 s here, on every load); the model pins each of its
+    packages exactly (`pip_requirements`), so they are compared by name instead, one warning per
+    difference (`requirement_mismatches`), and the Python version likewise.
+    """
+    import platform
+
     import mlflow
+    from mlflow.artifacts import download_artifacts
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(model_uri)
+    local = Path(download_artifacts(artifact_uri=model_uri))
+    for mismatch in requirement_mismatches(local / "requirements.txt"):
+        log.warning("model %s: %s", model_uri, mismatch)
+    model = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+    logged = model.metadata.flavors.get("python_function", {}).get("python_version", "")
+    if logged and logged.split(".")[:2] != platform.python_version().split(".")[:2]:
+        log.warning("model %s was logged with Python %s; this is Python %s", model_uri, logged, platform.python_version())
+    return model
+
+
+def requirement_mismatches(requirements: str | Path) -> list[str]:
+    """One sentence per `name==version` line of a model's requirements.txt that this environment
+    does not match (a package missing, or another version); other lines are not checked."""
+    if not Path(requirements).exists():
+        return []
+    out = []
+    for line in Path(requirements).read_text().splitlines():
+        name, sep, wanted = line.strip().partition("==")
+        if not sep or not name or name.startswith(("-", "#")):
+            continue
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out.append(f"it requires {name}=={wanted}, which is not installed")
+            continue
+        if have != wanted:
+            out.append(f"it requires {name}=={wanted}, this environment has {have}")
+    return out
 
 
 @dataclass

@@ -18,15 +18,22 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sklearn.decomposition import PCA
 
 from scenesearch import storage
 from scenesearch.config import AugmentConfig, FeaturesConfig
 from scenesearch.errors import ConfigError, DataError
-from scenesearch.features.vgg import MAPS, SELFSUP, build_descriptor, extract_maps, resolve_device
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
+
+# Importing this package imports no torch or scikit-learn (config validation and the merge steps
+# import it); the functions that run a network or fit PCA import them.
+MAPS = {"pool4": 23, "conv5_3": 29}  # VGG16 conv maps kept for the pooling methods: name -> index in .features
+SELFSUP = "selfsup"  # features.weights trained by the features step itself
+POOLINGS = ("mac", "spoc", "gem", "rmac")  # the global poolings of `scenesearch.features.pooling`
 
 BACKBONE_FILE = "backbone.pt"  # weights: selfsup, the trained torchvision VGG16 state dict
 SELFSUP_FILE = "selfsup.json"  # its training stats (SelfSupStats)
@@ -42,6 +49,8 @@ def fit_pca(x: np.ndarray, train_mask: np.ndarray, dim: int, seed: int = 0) -> P
     train = x[train_mask]
     if len(train) < 2:
         raise DataError(f"PCA needs at least 2 training images, got {len(train)}")
+    from sklearn.decomposition import PCA
+
     n = min(dim, len(train), x.shape[1])
     return PCA(n_components=n, random_state=seed, svd_solver="randomized" if n < min(train.shape) // 2 else "full").fit(train)
 
@@ -101,8 +110,11 @@ def pretrain(preprocessed_dir: str, out_dir: str, cfg: FeaturesConfig, seed: int
     """
     import io
 
+    import torch
+
     from scenesearch.domains import SCENE
     from scenesearch.features.selfsup import train_backbone, training_rows
+    from scenesearch.features.vgg import resolve_device
 
     src, dst = Path(preprocessed_dir), Path(out_dir)
     index = storage.read_table(src / "index.parquet")
@@ -137,6 +149,9 @@ def describe(preprocessed_dir: str, cfg: FeaturesConfig, seed: int = 0, shard: i
     Raises:
         ConfigError: cfg.weights is selfsup and `weights` does not name the trained backbone.
     """
+    import torch
+
+    from scenesearch.features.vgg import build_descriptor, extract_maps, resolve_device
     from scenesearch.sharding import block
 
     images = storage.read_array(Path(preprocessed_dir) / "images.npy", mmap=True)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenesearch.features import POOLINGS
+
 OVERLAP = 0.4  # R-MAC: wanted overlap of neighbouring regions (Tolias et al.)
 
 
@@ -75,7 +77,6 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
     return F.normalize(region_maxima(x, levels), dim=-1, eps=eps).sum(dim=1)
 
 
-POOLINGS = ("mac", "spoc", "gem", "rmac")
 
 
 def pool(x: torch.Tensor, name: str, p: float = 3.0, levels: int = 3) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenesearch.errors import ConfigError
+from scenesearch.features import MAPS, SELFSUP
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg16().features indices of the ReLUs after conv3_3, conv4_3, conv5_3
 TAPS = {"conv3_3": 15, "conv4_3": 22, "conv5_3": 29}
-# the conv maps the methods over feature maps start from (`maps`): pool4 (the input of the conv5 block,
-# which the *_gem methods fine-tune) and conv5_3 after its ReLU (what pooled pools)
-MAPS = {"pool4": 23, "conv5_3": 29}
+# MAPS (in the package, light to import): the conv maps the methods over feature maps start from:
+# pool4 (the input of the conv5 block, which the *_gem methods fine-tune) and conv5_3 after its
+# ReLU (what pooled pools). SELFSUP: features.weights trained by the features step itself.
 MAP_CHANNELS = 512
 DESCRIPTOR_DIM = 4096 + 512 + 512 + 256
-SELFSUP = "selfsup"  # features.weights trained by the features step itself
 
 
 class VGGDescriptor(nn.Module):

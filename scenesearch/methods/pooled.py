@@ -25,7 +25,7 @@ import numpy as np
 from scenesearch import storage
 from scenesearch.distances import unit_rows
 from scenesearch.errors import ConfigError
-from scenesearch.features.pooling import POOLINGS
+from scenesearch.features import POOLINGS
 from scenesearch.methods import _maps, _post
 from scenesearch.methods.base import FitContext, Fitted, Method
 

@@ -70,7 +70,7 @@ def gl_context():
     """
     global _CONTEXT
     if _CONTEXT is None:
-        _preload_torchvision()
+        _preload_triton()
         import moderngl
 
         try:
@@ -82,16 +82,18 @@ def gl_context():
     return _CONTEXT
 
 
-def _preload_torchvision() -> None:
-    """Load torchvision's native ops before Mesa's llvmpipe.
+def _preload_triton() -> None:
+    """Load triton (and its LLVM) before Mesa's llvmpipe.
 
-    In the other order (an EGL context first, then `import torchvision`) the process segfaults
-    inside torchvision's library initialisation (torch 2.14 / Mesa 22.3), so any process that
-    renders and then extracts features (tests, notebooks, benchmarks) would crash.
+    In the other order (an EGL context first, then triton, which `import torchvision` and
+    torch._dynamo pull in) the process segfaults inside triton's library initialisation (torch
+    2.14 / Mesa 22.3: two LLVMs), so any process that renders and then extracts features (tests,
+    notebooks, benchmarks) would crash. triton alone takes 0.4 s; all of torchvision took 3.5 s
+    of every render task.
     """
     try:
-        import torchvision  # noqa: F401
-    except ImportError:  # a render-only install without torch has nothing to clash with
+        import triton  # noqa: F401
+    except ImportError:  # no triton (torch's CPU wheels): nothing to clash with
         pass
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from scenesearch.preprocess import preprocess_images
@@ -13,6 +14,23 @@ def test_shapes_range_and_flips():
     assert torch.equal(x[1], torch.flip(x[0], dims=[2]))  # the flip follows its image
     # an image already at 64x64 is only rescaled to [0, 1]
     assert torch.allclose(x[2], torch.from_numpy(imgs[1]).permute(2, 0, 1).float() / 255)
+
+
+def test_the_resize_is_torchvisions_bit_for_bit():
+    """preprocess resizes without torchvision (its import is slow) and must give exactly what
+    torchvision's v2 pipeline gave every image the models were trained and evaluated on."""
+    from torchvision.transforms import v2
+
+    from scenesearch.preprocess import resize_image
+
+    rng = np.random.default_rng(0)
+    for h, w, c in [(64, 64, 3), (480, 640, 3), (33, 47, 3), (16, 16, 3), (100, 30, 1), (7, 900, 3), (1, 1, 3)]:
+        img = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        for size in (32, 64, 224):
+            expected = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])(img)
+            assert torch.equal(resize_image(img, size), expected), (h, w, c, size)
+    with pytest.raises(TypeError, match="uint8"):
+        resize_image(np.zeros((8, 8, 3), np.float32), 8)
 
 
 def test_without_flips():
