@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, fn, help: str, optional: tuple[str, ...] = (), **paths: str):
         """A subcommand with the shared config options and one --flag per folder it reads or writes."""
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--preset", default="default", help="configs/<preset>.yaml (default, smoke, full, selfsup)")
+        sp.add_argument("--preset", default="default", help="configs/<preset>.yaml (default, smoke, nano, full, selfsup, zeroshot, mixing)")
         sp.add_argument("--config", help="a YAML config file instead of a preset")
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override one config field")
         for flag, text in paths.items():

@@ -1,6 +1,11 @@
 """Shared fixtures: a small generated dataset (session-scoped) and an isolated MLflow store."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,51 @@ def smoke_dataset(tmp_path_factory, smoke_cfg):
     root = tmp_path_factory.mktemp("data") / "smoke"
     generate(root, smoke_cfg.data, smoke_cfg.seed)
     return root
+
+
+@pytest.fixture(scope="session")
+def nano_dataset(tmp_path_factory):
+    """The embedded benchmark at the nano preset's size (the runs that test outages and recovery)."""
+    from scenesearch import config
+    from scenesearch.data.generate import generate
+
+    cfg = config.load("nano")
+    root = tmp_path_factory.mktemp("data") / "nano"
+    generate(root, cfg.data, cfg.seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def moto_url(tmp_path_factory):
+    """The session's one moto S3 server, on a free loopback port (storage tests make their own
+    buckets on it; the tracking server of tests/integration keeps its artifacts there). Its users
+    carry xdist_group("server"), so under pytest-xdist it starts on one worker only."""
+    moto = Path(sys.executable).with_name("moto_server")
+    if not moto.exists():
+        pytest.fail("moto_server is not installed: `make setup` installs moto[server] from requirements.lock")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start on {url}; its log is {log.name}")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
 
 
 @pytest.fixture

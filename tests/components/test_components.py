@@ -180,6 +180,9 @@ def test_pipeline_compiles_with_every_step_and_the_fan_outs(tmp_path, smoke_cfg)
     assert {c["image"] for n, c in containers.items() if n != "render-shard"} == {f"scenesearch/base:{tag}"}
     assert not any("accelerator" in c.get("resources", {}) for c in containers.values())
     assert all(c["resources"]["resourceCpuRequest"] == "1" and c["resources"]["resourceMemoryRequest"] == "4Gi" for c in containers.values())
+    # the images carry kfp: no task installs packages first (kfp.local would run such tasks one at a time)
+    assert not [n for n, c in containers.items() if "pip install" in " ".join(c["command"] + c.get("args", []))]
+    assert all("kfp.dsl.executor_main" in " ".join(c["command"]) for c in containers.values())
 
     # caching: only the shard tasks, which log nothing to MLflow; retries everywhere
     def all_tasks():

@@ -1,21 +1,66 @@
-"""The compiled DAG executed by kfp.local on the smoke preset, checked through the MLflow run it
-produced; then the registered champion answers queries (pyfunc, the query CLI, a served request)."""
+"""The compiled DAG executed by kfp.local, checked through the MLflow run it produced; then the
+registered models answer queries (pyfunc, the query CLI, a served request).
+
+Every test here reads the session's one shared run (`smoke_run`, tests/e2e/e2e.yaml): the smoke
+sizes with a zero-shot split (street unseen) and sketch queries, selfsup weights, and one method
+of each family, a plugin among them. Before, each of these claims ran a DAG of its own.
+"""
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.slow
-MODEL = "models:/scenesearch-smoke@champion"
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+MODEL_NAME = "scenesearch-smoke"  # registry.name of e2e.yaml
+CHAMPION = f"models:/{MODEL_NAME}@champion"
+TRAINED = {"cvae1", "vgg_baseline", "random", "colour_histogram", "zs_cvae", "parallel_vae", "triplet", "gem_lw_aqe", "triplet_gem", "lorbms"}
+
+
+def _client(run) -> MlflowClient:
+    return MlflowClient(run.uri)
+
+
+def _experiment(run):
+    return _client(run).get_experiment_by_name("scenesearch-smoke")
+
+
+def _parent(run):
+    c = _client(run)
+    parents = [r for r in c.search_runs([_experiment(run).experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    return parents[0]
+
+
+def _step(run, step: str):
+    return next(iter(_client(run).search_runs([_experiment(run).experiment_id], filter_string=f"tags.step = '{step}'")))
+
+
+def _pipeline_root(run) -> Path:
+    return next((run.cwd / "runs" / "kfp").glob("scenesearch-*"))
+
+
+def _model_dir(run, key: str) -> Path:
+    """The train task's model folder of the entry `key` (its method.json names it)."""
+    for d in _pipeline_root(run).glob("for-loop-*/train/model"):
+        if json.loads((d / "method.json").read_text()).get("key") == key:
+            return d
+    raise AssertionError(f"no model folder for {key}")
+
+
+def _query_images(dataset: Path, folder: str = "queries") -> list[Path]:
+    return sorted((dataset / folder).rglob("*.png"))[:2]
+
+
+# ------------------------------------------------------------------------------------------
+# the run, its MLflow records and its printed tables
+# ------------------------------------------------------------------------------------------
 
 
 def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):
@@ -26,43 +71,135 @@ def test_scenesearch_run_executes_the_dag_and_logs_to_mlflow(smoke_run):
     assert f"Open the MLflow UI with: {ui_command(smoke_run.uri)}" in out and "--backend-store-uri " + smoke_run.uri in out  # the store it used
     assert (tmp_path / "runs" / "kfp").is_dir()
 
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("scenesearch-smoke")
+    c = _client(smoke_run)
+    exp = _experiment(smoke_run)
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
-    parents = [r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    parent = parents[0]
+    parent = _parent(smoke_run)
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("smoke-")
     assert parent.info.run_id in out
     params = parent.data.params
     for key in ("git_commit", "dataset_fingerprint", "seed", "weights_used", "features.weights", "render.n_views", "data.root"):
         assert key in params, key
-    assert params["weights_used"] == "none"
     # what the MLflow UI's runs table shows: a model-training experiment, the dataset, the models
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [params["dataset_fingerprint"]]
-    assert len(parent.outputs.model_outputs) == 2  # cvae1 and vgg_baseline; random serves nothing
+    assert len(parent.outputs.model_outputs) == len(TRAINED) - 1  # every method but random serves a model
     assert {"test_vgg_baseline_mAP", "test_random_mAP", "test_cvae1_mAP", "test_cvae1_photo_mAP", "kmeans_nmi", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
-    children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    steps = {"ingest", "render", "preprocess", "features", "similarity", "train_cvae1", "train_vgg_baseline", "train_random", "retrieve", "evaluate", "register"}
+    children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    steps = {"ingest", "render", "preprocess", "pretrain", "features", "similarity", "retrieve", "evaluate", "register"} | {f"train_{k}" for k in TRAINED}
     assert {r.data.tags.get("step") for r in children} >= steps
     for r in children:
         if r.data.tags.get("step", "").startswith("train_") or r.data.tags.get("method_key"):
             assert [d.dataset.digest for d in r.inputs.dataset_inputs] == [params["dataset_fingerprint"]], r.info.run_name
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"pr_curve.png", "gallery_cvae1.png", "gallery_vgg_baseline.png", "per_class.csv", "rejected.parquet", "comparison.md"}
     table = out.split("[test queries]")[1]
-    assert "cvae1" in table and f"{parent.data.metrics['test_cvae1_mAP']:.3f}" in table  # the printed table is the logged result
+    assert all(key in table for key in TRAINED) and f"{parent.data.metrics['test_cvae1_mAP']:.3f}" in table  # the printed table is the logged result
 
-    champion = c.get_model_version_by_alias("scenesearch-smoke", "champion")
+
+def test_every_serving_method_is_registered_and_the_champion_is_the_best_on_unseen_classes(smoke_run):
+    """Zero-shot retrieval is judged on the unseen classes: the champion is chosen on test_unseen_mAP."""
+    c = _client(smoke_run)
+    parent = _parent(smoke_run)
+    m, params = parent.data.metrics, parent.data.params
+    versions = smoke_run.versions()
+    assert set(versions) == smoke_run.serving
+    for v in versions.values():
+        assert {"method", "variant", "key", "dataset_fingerprint", "git_commit", "test_unseen_mAP"} <= set(v.tags)
+        assert v.tags["dataset_fingerprint"] == params["dataset_fingerprint"]
+        assert float(v.tags["test_unseen_mAP"]) == pytest.approx(m[f"test_{v.tags['key']}_unseen_mAP"], abs=1e-6)
+    first = min(versions.values(), key=lambda v: int(v.version))
+    assert all("test_unseen_mAP" in v.tags["promotion"] for v in versions.values() if v is not first)
+    champion = c.get_model_version_by_alias(MODEL_NAME, "champion")
     key = champion.tags["key"]
-    assert champion.tags["dataset_fingerprint"] == params["dataset_fingerprint"] and champion.tags["method"] in ("cvae_m2", "vgg_baseline")
-    assert float(champion.tags["test_mAP"]) == pytest.approx(parent.data.metrics[f"test_{key}_mAP"], abs=1e-6)
-    assert params[f"registered.{key}"] == f"scenesearch-smoke/{champion.version} (champion)"
-    assert parent.data.metrics[f"test_{key}_mAP"] >= max(parent.data.metrics["test_cvae1_mAP"], parent.data.metrics["test_vgg_baseline_mAP"])
+    assert params[f"registered.{key}"] == f"{MODEL_NAME}/{champion.version} (champion)"
+    assert m[f"test_{key}_unseen_mAP"] == max(m[f"test_{v.tags['key']}_unseen_mAP"] for v in versions.values())
+    # the plugin is registered as itself, with no variant
+    assert versions["colour_histogram"].tags["variant"] == "-"
 
 
-def _query_images(dataset: Path) -> list[Path]:
-    return sorted((dataset / "queries").rglob("*.png"))[:2]
+def test_zero_shot_split_trains_on_seen_classes_and_reports_unseen_metrics(smoke_run):
+    out = smoke_run.stdout
+    assert "[test unseen queries]" in out and "[test seen queries]" in out and "[test generalised queries]" in out
+    parent = _parent(smoke_run)
+    for key in TRAINED:
+        assert 0.0 <= parent.data.metrics[f"test_{key}_unseen_mAP"] <= 1.0 and f"test_{key}_seen_mAP" in parent.data.metrics
+    # the CVAE's classifier knows only the seen classes: the unseen class's label never reached training
+    trained = _step(smoke_run, "train_cvae1")
+    assert "street" not in trained.data.params["classes"].split(",") and len(trained.data.params["classes"].split(",")) == 3
+    metrics = json.loads((_pipeline_root(smoke_run) / "evaluate" / "report" / "metrics.json").read_text())
+    assert metrics["cvae1"]["test_unseen_mAP"] == pytest.approx(parent.data.metrics["test_cvae1_unseen_mAP"])
+    assert not any(k.startswith("val_unseen") for k in metrics["cvae1"])  # unseen classes are all in the test split
+
+
+def test_the_zero_shot_table_per_domain_and_the_descriptor_methods_trained_on_seen_classes(smoke_run):
+    """The zero-shot protocol with sketches: the descriptor methods train as their own branches on
+    seen classes with per-epoch metrics, and the zero-shot table is printed per query domain."""
+    table = smoke_run.stdout.split("[zero-shot: unseen-class test queries")[1]
+    assert "photo" in table and "sketch" in table and all(key in table for key in TRAINED)
+    parent = _parent(smoke_run)
+    c = _client(smoke_run)
+    for key in ("zs_cvae", "parallel_vae", "triplet", "triplet_gem"):
+        for group in ("unseen_sketch", "unseen_photo", "generalised_sketch"):
+            assert 0.0 <= parent.data.metrics[f"test_{key}_{group}_mAP"] <= 1.0, (key, group)
+        trained = _step(smoke_run, f"train_{key}")
+        assert "street" not in trained.data.params["classes"].split(",")
+        assert len(c.get_metric_history(trained.info.run_id, "val_mAP")) == trained.data.metrics["epochs_run"]  # per-epoch metrics
+    # the dataset's semantics.csv reaches parallel_vae's semantic term
+    pv = _step(smoke_run, "train_parallel_vae")
+    assert pv.data.params["semantics"].endswith("attributes") and "train_semantic" in pv.data.metrics
+
+
+def test_selfsup_weights_train_the_backbone_once_and_every_shard_and_method_uses_it(smoke_run):
+    """features.weights=selfsup: a pretrain task before the describe shards (two here), its backbone
+    in the features output, and vgg_baseline's served descriptor built from it."""
+    assert _parent(smoke_run).data.params["weights_used"] == "selfsup"
+    assert _step(smoke_run, "pretrain").data.metrics["selfsup_epochs"] == 1
+    root = _pipeline_root(smoke_run)
+    backbone = torch.load(next(root.glob("features/**/backbone.pt")), weights_only=True)
+    served = torch.load(_model_dir(smoke_run, "vgg_baseline") / "descriptor.pt", weights_only=True)
+    # the baseline's descriptor carries the trained conv weights (its own names, same tensors)
+    trained = [v for k, v in backbone.items() if k.startswith("features.")]
+    assert trained and any(torch.equal(trained[0], v) for v in served.values())
+
+
+def test_scene_mixing_runs_unsupervised_through_the_dag_and_shows_its_grids_probe_and_fid_vgg(smoke_run):
+    """lorbms through KFP and MLflow: per-epoch losses and grids of mixed scenes in its train run,
+    its retrieval row, and its report (linear probe, fid_vgg and why no FID) printed at the end."""
+    report = smoke_run.stdout.split("### lorbms: linear probe")[1]
+    for row in ("random encoder", "LORBMS encoder (frozen)", "LORBMS encoder (fine-tuned, 1 epochs)", "LORBMS discriminator (frozen)", "VGG16 descriptor + PCA (weights: selfsup)"):
+        assert row in report, row
+    assert "fid_vgg" in report and "FID and IS not computed: evaluate.inception_weights is not set" in report
+    c = _client(smoke_run)
+    run = _step(smoke_run, "train_lorbms")
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "d_accuracy")] == [1, 2]
+    assert {"g_rec", "g_adv", "g_cls", "d_loss", "d_bit_accuracy", "probe_encoder_mean", "probe_vgg_sd", "fid_vgg"} <= set(run.data.metrics)
+    assert "fid" not in run.data.metrics and "FID and IS not computed" in run.data.params["fid"]
+    images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
+    grids = [p for p in images if "mixed_scenes" in p and p.endswith(".png")]
+    assert len(grids) == 2, images  # one grid of mixed scenes per epoch
+    assert "report.md" in {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert "report_lorbms.md" in {a.path for a in c.list_artifacts(_parent(smoke_run).info.run_id)}
+
+
+def test_a_method_added_through_the_registry_alone_runs_through_the_dag_the_registry_and_query(smoke_run):
+    """A plugin module (tests/e2e/plugins/colour_histogram.py) named in the config: no other edit.
+    Its model answers `scenesearch query` in a process with no PYTHONPATH to it: the model carries its code."""
+    trained = _step(smoke_run, "train_colour_histogram")
+    assert trained.data.metrics["n_clusters_seen"] == 3  # the k-means clusters reached the method (similarity.n_clusters)
+    image = _query_images(smoke_run.dataset)[0]
+    version = smoke_run.versions()["colour_histogram"].version
+    query = [sys.executable, "-m", "scenesearch.cli", "query", "--top-k", "3", "--json", str(image)]
+    q = subprocess.run([*query, "--config", str(smoke_run.config)], cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 1 and "plugins: cannot import the method module 'colour_histogram'" in q.stderr  # the config's plugin must be importable ...
+    q = subprocess.run([*query, "--preset", "smoke", "--model", f"models:/{MODEL_NAME}/{version}"], cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300)
+    assert q.returncode == 0, q.stderr[-2000:]  # ... but the served model needs no PYTHONPATH: it ships the plugin
+    answer = json.loads(q.stdout)[0]
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
+
+
+# ------------------------------------------------------------------------------------------
+# the registered models answer queries
+# ------------------------------------------------------------------------------------------
 
 
 def test_the_champion_loads_as_pyfunc_and_ranks_every_scene(smoke_run):
@@ -70,15 +207,15 @@ def test_the_champion_loads_as_pyfunc_and_ranks_every_scene(smoke_run):
 
     from scenesearch.io import decode_image
 
+    n_scenes = int(_parent(smoke_run).data.metrics["n_scenes"])
     mlflow.set_tracking_uri(smoke_run.uri)
-    model = mlflow.pyfunc.load_model(MODEL)
+    model = mlflow.pyfunc.load_model(CHAMPION)
     images = [decode_image(p.name, p.read_bytes()) for p in _query_images(smoke_run.dataset)]
-    frame = model.predict(np.stack(images), params={"top_k": 16})
+    frame = model.predict(np.stack(images), params={"top_k": n_scenes})
     assert list(frame.columns) == ["query", "rank", "scene_id", "label", "distance"]
-    assert len(frame) == 2 * 16 and frame.groupby("query").scene_id.nunique().tolist() == [16, 16]  # every scene once
+    assert len(frame) == 2 * n_scenes and frame.groupby("query").scene_id.nunique().tolist() == [n_scenes, n_scenes]  # every scene once
     for _, group in frame.groupby("query"):
-        assert group["rank"].tolist() == list(range(1, 17)) and group["distance"].is_monotonic_increasing
-    # the same answer as the retrieve step's distance matrix for these queries
+        assert group["rank"].tolist() == list(range(1, n_scenes + 1)) and group["distance"].is_monotonic_increasing
     again = model.predict(images[0][None], params={"top_k": 3})
     assert again.scene_id.tolist() == frame[frame["query"] == 0].scene_id.tolist()[:3]
 
@@ -104,41 +241,27 @@ def test_query_cli_answers_from_the_champion_and_names_bad_images(smoke_run):
     assert p.stderr.strip().splitlines()[-1].startswith("scenesearch query: cannot load the model models:/nope@champion")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_a_registered_zero_shot_model_answers_a_sketch(smoke_run):
+    sketch = sorted((smoke_run.dataset / "sketches" / "street").glob("*.png"))[0]
+    version = smoke_run.versions()["zs_cvae"].version
+    q = subprocess.run(
+        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--model", f"models:/{MODEL_NAME}/{version}", "--top-k", "3", "--json", str(sketch)],
+        cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300,
+    )
+    assert q.returncode == 0, q.stderr[-2000:]
+    answer = json.loads(q.stdout)[0]
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
 
 
-def test_mlflow_models_serve_answers_one_request(smoke_run):
+def test_mlflow_models_serve_answers_one_request(smoke_run, served):
     from scenesearch.io import decode_image
 
-    port = _free_port()
-    log = (smoke_run.cwd / "serve.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", MODEL, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        # the scoring server runs `uvicorn` from PATH: the venv's, as after `source .venv/bin/activate`
-        cwd=smoke_run.cwd, env={**smoke_run.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (smoke_run.cwd / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
-        image = decode_image("q", _query_images(smoke_run.dataset)[0].read_bytes())
-        body = json.dumps({"inputs": image[None].tolist(), "params": {"top_k": 4}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
-        predictions = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
-        assert [p["rank"] for p in predictions] == [1, 2, 3, 4]
-        assert all(p["query"] == 0 and p["scene_id"] and p["distance"] >= 0 for p in predictions)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    image = decode_image("q", _query_images(smoke_run.dataset)[0].read_bytes())
+    body = json.dumps({"inputs": image[None].tolist(), "params": {"top_k": 4}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{served.port}/invocations", data=body, headers={"Content-Type": "application/json"})
+    predictions = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+    assert [p["rank"] for p in predictions] == [1, 2, 3, 4]
+    assert all(p["query"] == 0 and p["scene_id"] and p["distance"] >= 0 for p in predictions)
 
 
 def test_run_with_a_missing_root_fails_in_one_sentence(tmp_path):
@@ -149,171 +272,3 @@ def test_run_with_a_missing_root_fails_in_one_sentence(tmp_path):
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1] == f"scenesearch run: dataset root {tmp_path / 'nope'} does not exist"
     assert "Traceback" not in p.stderr
-
-
-def _run_smoke(cwd: Path, dataset: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in (env or os.environ).items() if k != "MLFLOW_TRACKING_URI"}
-    cmd = [sys.executable, "-m", "scenesearch.cli", "run", "--data", str(dataset), "--workdir", str(cwd / "runs"), *extra]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
-def test_a_method_added_through_the_registry_alone_runs_through_the_dag_the_registry_and_query(tmp_path, smoke_dataset):
-    """A plugin module (tests/e2e/plugins/colour_histogram.py) and a preset naming it: no other edit."""
-    plugins = Path(__file__).parent / "plugins"
-    preset = tmp_path / "histogram.yaml"
-    smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
-    preset.write_text(smoke.split("methods:")[0] + "methods:\n  colour_histogram:\n    bins: 4\n  random: {}\nplugins: [colour_histogram]\n" + smoke.split("random: {}\n")[1])
-    env = {**os.environ, "PYTHONPATH": f"{plugins}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    p = _run_smoke(tmp_path, smoke_dataset, "--config", str(preset), env=env)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "colour_histogram" in p.stdout.split("[test queries]")[1]
-
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("scenesearch-smoke")
-    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    assert 0.0 <= parent.data.metrics["test_colour_histogram_mAP"] <= 1.0
-    trained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_colour_histogram'"))
-    assert trained.data.metrics["n_clusters_seen"] == 4  # the k-means clusters reached the method (one per class)
-    champion = c.get_model_version_by_alias("scenesearch-smoke", "champion")
-    assert champion.tags["method"] == "colour_histogram" and champion.tags["variant"] == "-"
-
-    # `scenesearch query` answers from it in a process that has no PYTHONPATH to the plugin: the model carries its code
-    image = _query_images(smoke_dataset)[0]
-    q = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "query", "--config", str(preset), "--top-k", "3", "--json", str(image)],
-        cwd=tmp_path, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
-    )
-    assert q.returncode == 1 and "plugins: cannot import the method module 'colour_histogram'" in q.stderr  # the config's plugin must be importable ...
-    q = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--top-k", "3", "--json", str(image)],
-        cwd=tmp_path, env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
-    )
-    assert q.returncode == 0, q.stderr[-2000:]  # ... but the served model needs no PYTHONPATH: it ships the plugin
-    answer = json.loads(q.stdout)[0]
-    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
-
-
-def test_zero_shot_split_trains_on_seen_classes_and_reports_unseen_metrics(tmp_path, smoke_dataset):
-    p = _run_smoke(tmp_path, smoke_dataset, "--preset", "smoke", "--set", "data.split=zero_shot", "--set", "data.unseen_classes=[street]")
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "[test unseen queries]" in p.stdout and "[test seen queries]" in p.stdout and "[test generalised queries]" in p.stdout
-    assert "[zero-shot: unseen-class test queries" in p.stdout
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("scenesearch-smoke")
-    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    for key in ("cvae1", "vgg_baseline", "random"):
-        assert 0.0 <= parent.data.metrics[f"test_{key}_unseen_mAP"] <= 1.0 and f"test_{key}_seen_mAP" in parent.data.metrics
-    # the CVAE's classifier knows only the seen classes: the unseen class's label never reached training
-    trained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_cvae1'"))
-    assert "street" not in trained.data.params["classes"].split(",") and len(trained.data.params["classes"].split(",")) == 3
-    report = next((tmp_path / "runs" / "kfp").glob("scenesearch-*/evaluate/report/metrics.json"))
-    metrics = json.loads(report.read_text())
-    assert metrics["cvae1"]["test_unseen_mAP"] == pytest.approx(parent.data.metrics["test_cvae1_unseen_mAP"])
-    assert not any(k.startswith("val_unseen") for k in metrics["cvae1"])  # unseen classes are all in the test split
-    # the champion is chosen on the unseen classes' mAP, what zero-shot retrieval is judged on
-    versions = c.search_model_versions("name='scenesearch-smoke'")
-    assert len(versions) == 2 and all("test_unseen_mAP" in v.tags for v in versions)
-    second = max(versions, key=lambda v: int(v.version))
-    assert "test_unseen_mAP" in second.tags["promotion"]
-
-
-
-def test_selfsup_weights_train_the_backbone_once_and_every_shard_and_method_uses_it(tmp_path, smoke_dataset):
-    """features.weights=selfsup: a pretrain task before the describe shards (the smoke preset has two),
-    its backbone in the features output, and vgg_baseline's served descriptor built from it."""
-    import torch
-
-    p = _run_smoke(tmp_path, smoke_dataset, "--preset", "smoke", "--set", "features.weights=selfsup",
-                   "--set", "features.selfsup.epochs=1", "--set", "features.selfsup.max_images=64")
-    assert p.returncode == 0, p.stderr[-3000:]
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("scenesearch-smoke")
-    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    assert parent.data.params["weights_used"] == "selfsup"
-    pretrained = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'pretrain'"))
-    assert pretrained.data.metrics["selfsup_epochs"] == 1
-    root = next((tmp_path / "runs" / "kfp").glob("scenesearch-*"))
-    backbone = torch.load(next(root.glob("features/**/backbone.pt")), weights_only=True)
-    served = torch.load(next(root.glob("for-loop-*/train/model/descriptor.pt")), weights_only=True)
-    # the baseline's descriptor carries the trained conv weights (its own names, same tensors)
-    trained = [v for k, v in backbone.items() if k.startswith("features.")]
-    assert trained and any(torch.equal(trained[0], v) for v in served.values())
-
-
-def test_zero_shot_sketch_and_photo_run_trains_descriptor_methods_and_answers_a_sketch(tmp_path, smoke_cfg):
-    """The zero-shot protocol end to end on a smoke-sized benchmark with sketches: the descriptor
-    methods train as their own branches on seen classes, the zero-shot table is printed per
-    domain, every serving method is registered and a registered zs_cvae answers a sketch."""
-    import dataclasses
-
-    from scenesearch.data.generate import generate
-
-    data = tmp_path / "data"
-    generate(data, dataclasses.replace(smoke_cfg.data, sketch_queries=True), smoke_cfg.seed)
-    assert len(list((data / "sketches" / "street").glob("*.png"))) == smoke_cfg.data.queries_per_class
-    preset = tmp_path / "zs.yaml"
-    smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
-    methods = ("methods:\n  zs_cvae:\n    n_samples: 12\n    n_centres: 3\n  parallel_vae: {}\n  triplet: {}\n  vgg_baseline: {}\n  random: {}\n"
-               # a CBIR baseline (a variant with learned whitening and query expansion) and a fine-tuned CNN beside them
-               "  pooled:\n    variants: [gem_lw_aqe]\n    whiten_dim: 8\n  triplet_gem:\n    epochs: 2\n    tuples: 32\n    pool_size: 40\n")
-    preset.write_text(smoke.split("methods:")[0] + methods + smoke.split("random: {}\n")[1])
-    p = _run_smoke(tmp_path, data, "--config", str(preset), "--set", "data.split=zero_shot", "--set", "data.unseen_classes=[street]")
-    assert p.returncode == 0, p.stderr[-3000:]
-    table = p.stdout.split("[zero-shot: unseen-class test queries")[1]
-    assert "photo" in table and "sketch" in table and all(m in table for m in ("zs_cvae", "parallel_vae", "triplet", "vgg_baseline", "random", "gem_lw_aqe", "triplet_gem"))
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("scenesearch-smoke")
-    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    for key in ("zs_cvae", "parallel_vae", "triplet", "triplet_gem"):
-        for group in ("unseen_sketch", "unseen_photo", "generalised_sketch"):
-            assert 0.0 <= parent.data.metrics[f"test_{key}_{group}_mAP"] <= 1.0, (key, group)
-        trained = next(r for r in c.search_runs([exp.experiment_id], filter_string=f"tags.step = 'train_{key}'"))
-        assert "street" not in trained.data.params["classes"].split(",")
-        assert len(c.get_metric_history(trained.info.run_id, "val_mAP")) == trained.data.metrics["epochs_run"]  # per-epoch metrics
-    # the smoke dataset's semantics.csv reaches parallel_vae's semantic term
-    pv = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_parallel_vae'"))
-    assert pv.data.params["semantics"].endswith("attributes") and "train_semantic" in pv.data.metrics
-    versions = {v.tags["method"]: v for v in c.search_model_versions("name='scenesearch-smoke'")}
-    assert set(versions) == {"zs_cvae", "parallel_vae", "triplet", "vgg_baseline", "pooled", "triplet_gem"}
-    sketch = sorted((data / "sketches" / "street").glob("*.png"))[0]
-    q = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--model", f"models:/scenesearch-smoke/{versions['zs_cvae'].version}",
-         "--top-k", "3", "--json", str(sketch)],
-        cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
-    )
-    assert q.returncode == 0, q.stderr[-2000:]
-    answer = json.loads(q.stdout)[0]
-    assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
-
-
-def test_scene_mixing_runs_unsupervised_through_the_dag_and_shows_its_grids_probe_and_fid_vgg(tmp_path, smoke_dataset):
-    """lorbms through KFP and MLflow: per-epoch losses and grids of mixed scenes in its train run,
-    its retrieval row, and its report (linear probe, fid_vgg and why no FID) printed at the end."""
-    preset = tmp_path / "mixing.yaml"
-    smoke = (Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml").read_text()
-    methods = ("methods:\n  lorbms:\n    channels: [4, 8, 8]\n    feature_channels: 4\n    epochs: 2\n    batch_size: 16\n"
-               "    probe_seeds: 2\n    finetune_epochs: 1\n    fidelity_images: 16\n    grid_rows: 3\n  random: {}\n")
-    preset.write_text(smoke.split("methods:")[0].replace("similarity:\n", "similarity:\n  n_clusters: 3\n") + methods + smoke.split("random: {}\n")[1])
-    p = _run_smoke(tmp_path, smoke_dataset, "--config", str(preset))
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = p.stdout
-    assert "lorbms" in out.split("[test queries]")[1]
-    report = out.split("### lorbms: linear probe")[1]
-    for row in ("random encoder", "LORBMS encoder (frozen)", "LORBMS encoder (fine-tuned, 1 epochs)", "LORBMS discriminator (frozen)", "VGG16 descriptor + PCA (weights: none)"):
-        assert row in report, row
-    assert "fid_vgg" in report and "FID and IS not computed: evaluate.inception_weights is not set" in report
-
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    exp = c.get_experiment_by_name("scenesearch-smoke")
-    run = next(r for r in c.search_runs([exp.experiment_id], filter_string="tags.step = 'train_lorbms'"))
-    assert [m.step for m in c.get_metric_history(run.info.run_id, "d_accuracy")] == [1, 2]
-    assert {"g_rec", "g_adv", "g_cls", "d_loss", "d_bit_accuracy", "probe_encoder_mean", "probe_vgg_sd", "fid_vgg"} <= set(run.data.metrics)
-    assert "fid" not in run.data.metrics and "FID and IS not computed" in run.data.params["fid"]
-    images = [a.path for a in c.list_artifacts(run.info.run_id, "images")]
-    grids = [p for p in images if "mixed_scenes" in p and p.endswith(".png")]
-    assert len(grids) == 2, images  # one grid of mixed scenes per epoch
-    assert "report.md" in {a.path for a in c.list_artifacts(run.info.run_id)}
-    parent = next(r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
-    assert "report_lorbms.md" in {a.path for a in c.list_artifacts(parent.info.run_id)}

@@ -1,11 +1,12 @@
 """Kill `scenesearch run` anywhere, run it again: nothing is lost and nothing is left open.
 
-One chain on one store and one workdir (the smoke preset, its CVAE only, one shard): the first run is killed (SIGKILL to its process group,
+One chain on one store and one workdir (the nano preset: every step, one shard): the first run is killed (SIGKILL to its process group,
 as an OOM kill or a node loss takes the driver and its tasks) during ingest, the next during
 render, then features, train and register; the sixth runs to the end. Each run starts by closing
 what the previous one left (`pipelines.local.recover`), so at the end no run is RUNNING, every
 killed parent is KILLED with a tag naming the run that closed it, the registry holds no
-half-registered version, and the last run's CVAE metrics equal those of an uninterrupted smoke run.
+half-registered version, and the last run's metrics equal those of an uninterrupted nano run (the
+session's `nano_pair`, which runs on the same xdist worker).
 """
 
 import os
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from scenesearch import registry, tracking
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nano")]
 
 # (phase, the step run to wait for, its status then, seconds to wait more, the step that must not have finished
 # when the kill lands). Render and features run as shard tasks that open no MLflow run: they are
@@ -55,9 +56,8 @@ def _steps(db) -> dict[str, str]:
     return dict(rows)
 
 
-# The smoke preset with its one trained method and one shard: every step is still there (the kill
-# during train hits the CVAE's epochs), at about two thirds of the tasks of six whole smoke runs.
-CHAIN = ["--preset", "smoke", "--set", "methods={cvae_m2: {variants: [cvae1]}}", "--set", "cluster.shards=1"]
+# nano: every step and task kind of smoke (the kill during train hits the CVAE), at the smallest size.
+CHAIN = ["--preset", "nano"]
 
 
 def _run(cwd, dataset, log):
@@ -87,11 +87,12 @@ def _kill_during(proc, db, phase, step, status, delay, unfinished, timeout=600.0
 
 
 def _metrics(uri, run_id) -> dict[str, float]:
-    """The CVAE's quality figures (the uninterrupted reference also trains the preset's other methods)."""
-    return {k: v for k, v in MlflowClient(uri).get_run(run_id).data.metrics.items() if k.startswith(("test_cvae1_", "val_cvae1_"))}
+    """Every quality figure of the run (each method's test_ and val_ metrics)."""
+    return {k: v for k, v in MlflowClient(uri).get_run(run_id).data.metrics.items() if k.startswith(("test_", "val_"))}
 
 
-def test_a_run_killed_in_each_step_is_closed_by_the_next_and_the_last_rerun_matches_an_uninterrupted_run(tmp_path, smoke_dataset, smoke_run):
+def test_a_run_killed_in_each_step_is_closed_by_the_next_and_the_last_rerun_matches_an_uninterrupted_run(tmp_path, nano_pair):
+    dataset = nano_pair.dataset
     db = tmp_path / "mlruns.db"
     uri = f"sqlite:///{db}"
     log_path = tmp_path / "runs.log"
@@ -100,14 +101,14 @@ def test_a_run_killed_in_each_step_is_closed_by_the_next_and_the_last_rerun_matc
         for phase, *when in PHASES:
             log.write(f"\n===== run killed during {phase} =====\n".encode())
             log.flush()
-            seen.append((phase, _kill_during(_run(tmp_path, smoke_dataset, log), db, phase, *when)))
+            seen.append((phase, _kill_during(_run(tmp_path, dataset, log), db, phase, *when)))
         log.write(b"\n===== the rerun =====\n")
         log.flush()
-        last = _run(tmp_path, smoke_dataset, log)
+        last = _run(tmp_path, dataset, log)
         assert last.wait(timeout=900) == 0, f"the rerun failed; the output of every run is in {log_path}"
 
     c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("scenesearch-smoke")
+    exp = c.get_experiment_by_name("scenesearch-nano")
     runs = c.search_runs([exp.experiment_id], max_results=1000)
     parents = sorted((r for r in runs if tracking.PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
     assert [r.info.status for r in parents] == ["KILLED"] * len(PHASES) + ["FINISHED"], seen
@@ -117,13 +118,13 @@ def test_a_run_killed_in_each_step_is_closed_by_the_next_and_the_last_rerun_matc
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
 
-    versions = c.search_model_versions("name = 'scenesearch-smoke'")
+    versions = c.search_model_versions("name = 'scenesearch-nano'")
     assert versions and not [v.version for v in versions if registry.PENDING_TAG in v.tags or "promotion" not in v.tags]
     assert {v.tags["promotion"].split(":")[0] for v in versions} <= {"champion", "challenger"}
-    assert str(c.get_model_version_by_alias("scenesearch-smoke", "champion").version) in {str(v.version) for v in versions}
-    assert not c.search_registered_models(f"name = 'scenesearch-smoke{registry.LOCK_SUFFIX}'")
+    assert str(c.get_model_version_by_alias("scenesearch-nano", "champion").version) in {str(v.version) for v in versions}
+    assert not c.search_registered_models(f"name = 'scenesearch-nano{registry.LOCK_SUFFIX}'")
 
-    reference = MlflowClient(smoke_run.uri)
-    ref_parent = next(r for r in reference.search_runs([reference.get_experiment_by_name("scenesearch-smoke").experiment_id]) if tracking.PARENT_TAG not in r.data.tags)
-    expected, got = _metrics(smoke_run.uri, ref_parent.info.run_id), _metrics(uri, parents[-1].info.run_id)
+    reference = MlflowClient(nano_pair.uri)
+    ref_parent = next(r for r in reference.search_runs([reference.get_experiment_by_name("scenesearch-nano").experiment_id]) if tracking.PARENT_TAG not in r.data.tags)
+    expected, got = _metrics(nano_pair.uri, ref_parent.info.run_id), _metrics(uri, parents[-1].info.run_id)
     assert expected and got == pytest.approx(expected, abs=1e-6)

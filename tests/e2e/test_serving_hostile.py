@@ -3,13 +3,9 @@ name the problem (BadQuery / HTTP 400 / one line per file) and keep answering go
 
 import http.client
 import json
-import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
@@ -18,27 +14,18 @@ import pytest
 
 from scenesearch import serving
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 TOP_K = 3
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory, smoke_dataset, smoke_preprocessed, smoke_cfg):
-    """vgg_baseline (nothing to learn: the cheapest servable method) logged into a temp SQLite store."""
-    from scenesearch import features, methods, tracking, train
+def logged(smoke_run, served):
+    """The shared run's vgg_baseline version (nothing learnt in it: the cheapest servable method),
+    served by the session's `mlflow models serve`, and a query photo."""
     from scenesearch.io import decode_image
 
-    work = tmp_path_factory.mktemp("served")
-    uri = f"sqlite:///{work / 'mlruns.db'}"
-    images = str(smoke_preprocessed["images"])
-    features.run(images, str(work / "features"), smoke_cfg.features, smoke_cfg.seed)
-    train.run(smoke_cfg, "vgg_baseline", methods.Inputs(images=images, features=str(work / "features")), str(work / "model"), progress=False)
-    client = tracking.client(uri)
-    run = client.create_run(tracking.ensure_experiment(client, "hostile", uri))
-    model = serving.log_model(work / "model", run.info.run_id, uri, serving.first_query_image(images), top_k=5)
-    client.set_terminated(run.info.run_id)
-    image = decode_image("q", sorted(Path(smoke_dataset).glob("queries/*/*.png"))[0].read_bytes())  # a query photo
-    return {"uri": uri, "model_uri": model.model_uri, "work": work, "image": image}
+    image = decode_image("q", sorted(Path(smoke_run.dataset).glob("queries/*/*.png"))[0].read_bytes())
+    return {"uri": served.uri, "model_uri": served.model_uri, "work": smoke_run.cwd, "image": image}
 
 
 @pytest.fixture(scope="module")
@@ -99,41 +86,10 @@ def test_good_input_is_unchanged(pyfunc, logged):
 # ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(logged):
-    """`mlflow models serve` on a free loopback port, in its own process group (killed at teardown)."""
-    port, bindir = _free_port(), Path(sys.executable).parent
-    log_path = logged["work"] / "serve.log"
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": logged["uri"]}
-    cmd = [str(bindir / "mlflow"), "models", "serve", "-m", logged["model_uri"], "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/ping")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
-        yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+def server(served):
+    """The port of the session's `mlflow models serve` (tests/e2e/conftest.py::served)."""
+    return served.port
 
 
 def _post(port: int, body: bytes) -> tuple[int, dict]:

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from server_runs import credentials, newest_parent, output, start_run, wait_for_step  # tests/integration/server_runs.py
 
 BIN = Path(sys.executable).parent
 LOGS: dict[str, Path] = {}  # service -> log file, shown when a test fails
@@ -203,23 +204,11 @@ class ArtifactBucket:
 
 
 @pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    """A moto S3 server on loopback with the artifact bucket made."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    LOGS["moto"] = log_path
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: http_ok(f"{url}/moto-api/data.json"), proc, "moto_server", timeout=60)
-        bucket = ArtifactBucket(url)
-        bucket.client.create_bucket(Bucket=bucket.name)
-        yield bucket
-    finally:
-        stop_group(proc)
-        log.close()
+def s3(moto_url):
+    """The artifact bucket, made on the session's moto S3 server (tests/conftest.py::moto_url)."""
+    bucket = ArtifactBucket(moto_url)
+    bucket.client.create_bucket(Bucket=bucket.name)
+    return bucket
 
 
 # ---------------------------------------------------------------- mlflow server
@@ -279,3 +268,51 @@ def tracking_server(postgres_url, s3, tmp_path_factory):
     finally:
         if server.proc is not None:
             stop_group(server.proc)
+
+
+# ---------------------------------------------------------------- pipeline runs against the server
+
+class CutAndRerun:
+    """What `cut_and_rerun` saw: the folder, both runs' parent ids, the credentials, the cut run's outputs."""
+
+    def __init__(self, cwd: Path, secrets: dict[str, str]):
+        self.cwd, self.secrets = cwd, secrets
+        self.cut_id = self.rerun_id = ""
+        self.cut_exit: int | None = None
+        self.cut_output = self.rerun_output = ""
+        self.written: list[Path] = []  # what the cut run's finished tasks wrote, as it stood after the cut
+        self.cut_status_before_rerun = ""
+
+
+@pytest.fixture(scope="session")
+def cut_and_rerun(tmp_path_factory, nano_dataset, tracking_server):
+    """One nano run on the server, cut off from it for longer than its retries once preprocess has
+    finished (tracking.http_retries=2), then, with the server back, a rerun in the same folder. Both
+    run with a cluster's credentials in their environment (which must never reach an output).
+    The recovery claims are in test_outages.py, the server-side records and the credential scan of
+    the rerun in test_tracking_server.py."""
+    from mlflow.tracking import MlflowClient
+
+    cwd = tmp_path_factory.mktemp("cut")
+    seen = CutAndRerun(cwd, credentials())
+    c = MlflowClient(tracking_server.url)
+    short = ["--set", "tracking.http_retries=2", "--set", "tracking.http_backoff_factor=1"]
+    t0 = int(time.time() * 1000)
+    p = start_run(cwd, nano_dataset, tracking_server.url, *short, name="cut", env=seen.secrets)
+    wait_for_step(c, "scenesearch-nano", "preprocess", "FINISHED", p, t0)
+    cut = newest_parent(c, "scenesearch-nano")
+    assert cut.info.start_time > t0
+    seen.cut_id = cut.info.run_id
+    tracking_server.stop()
+    try:
+        seen.cut_exit = p.wait(timeout=600)
+    finally:
+        tracking_server.start()
+    seen.cut_output = output(cwd, "cut")
+    seen.written = list((cwd / "runs" / "kfp").rglob("*.parquet")) + list((cwd / "runs" / "kfp").rglob("*.npy"))
+    seen.cut_status_before_rerun = c.get_run(seen.cut_id).info.status
+    p = start_run(cwd, nano_dataset, tracking_server.url, name="rerun", env=seen.secrets)
+    assert p.wait(timeout=900) == 0, output(cwd, "rerun")[-3000:]
+    seen.rerun_output = output(cwd, "rerun")
+    seen.rerun_id = newest_parent(c, "scenesearch-nano").info.run_id
+    return seen

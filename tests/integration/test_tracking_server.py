@@ -1,14 +1,11 @@
 """The cluster's tracking setup on loopback: `mlflow server` on PostgreSQL with artifacts in an S3 bucket.
 
-The smoke pipeline logs its runs there and registers its model; stopping the server (a pod
+A nano pipeline logs its runs there and registers its model; stopping the server (a pod
 replaced, or killed outright) and starting it again loses nothing a client had logged.
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 
@@ -16,19 +13,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+pytestmark = pytest.mark.xdist_group("server")  # one PostgreSQL, moto and mlflow server per test session
 STEPS = {"ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"}
-
-
-def _secrets() -> dict[str, str]:
-    """Credentials as a cluster's pods hold them (infra's Secret): S3 keys and MLflow's auth variables."""
-    return {
-        "AWS_ACCESS_KEY_ID": "AKIA" + uuid.uuid4().hex[:16].upper(),
-        "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex + uuid.uuid4().hex[:8],
-        "AWS_SESSION_TOKEN": "tok-" + uuid.uuid4().hex,
-        "MLFLOW_TRACKING_USERNAME": "user-" + uuid.uuid4().hex[:8],
-        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
-        "MLFLOW_TRACKING_TOKEN": "bearer-" + uuid.uuid4().hex,
-    }
 
 
 def _scan(secrets: dict[str, str], where: str, data: bytes | str) -> list[str]:
@@ -43,23 +29,17 @@ def _scan(secrets: dict[str, str], where: str, data: bytes | str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, smoke_dataset, smoke_cfg, tracking_server, s3):
-    secrets = _secrets()  # in the environment of the run: none may reach a log, a param, a tag or an artifact
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_server.url} | secrets
-    p = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "run", "--preset", "smoke", "--data", str(smoke_dataset), "--workdir", str(tmp_path / "runs")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
-    (tmp_path / "run.log").write_text(p.stdout + p.stderr)
-    assert p.returncode == 0, f"the whole output is in {tmp_path / 'run.log'}\n" + p.stderr[-3000:]
+def test_a_pipeline_logs_runs_artifacts_and_model_to_the_server_and_no_credential_anywhere(cut_and_rerun, tracking_server, s3):
+    """The rerun of `cut_and_rerun` (nano, after a run cut off from the server in the same folder),
+    both with a cluster's credentials in their environment."""
+    seen, tmp_path = cut_and_rerun, cut_and_rerun.cwd
+    secrets = seen.secrets  # in the environment of both runs: none may reach a log, a param, a tag or an artifact
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()  # nothing went to a local store
 
     c = MlflowClient(tracking_server.url)
-    exp = c.get_experiment_by_name(smoke_cfg.tracking.experiment)
+    exp = c.get_experiment_by_name("scenesearch-nano")
     assert exp is not None and exp.artifact_location.startswith("mlflow-artifacts:")
-    parents = [r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags and r.info.run_id in p.stdout]
-    assert len(parents) == 1, p.stdout[-2000:]
-    parent = parents[0]
+    parent = c.get_run(seen.rerun_id)
     assert parent.info.status == "FINISHED"
     assert {"test_vgg_baseline_mAP", "test_random_mAP", "test_cvae1_mAP", "n_scenes", "render_seconds"} <= set(parent.data.metrics)
     assert [d.dataset.digest for d in parent.inputs.dataset_inputs] == [parent.data.params["dataset_fingerprint"]]  # the Dataset column
@@ -75,7 +55,7 @@ def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, sm
     assert {a.path for a in c.list_artifacts(parent.info.run_id)} >= {"comparison.md", "metrics.json"}
 
     # The register step puts `champion` on a version of the registered model, stored in the bucket too.
-    name = smoke_cfg.registry.name
+    name = "scenesearch-nano"
     version = c.get_model_version_by_alias(name, "champion")
     assert version.status == "READY"
     source = c.get_model_version_download_uri(name, version.version)
@@ -83,7 +63,7 @@ def test_smoke_pipeline_logs_runs_artifacts_and_model_to_the_server(tmp_path, sm
 
     # Secrets: the run's output, every file of its pipeline root, every run's params, tags and
     # metric names, the registry's versions, and every object the server stored in the bucket.
-    hits = _scan(secrets, "the run's output", p.stdout + p.stderr)
+    hits = _scan(secrets, "the runs' output", seen.cut_output + seen.rerun_output)
     files = [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]
     assert len(files) > 20
     for f in files:

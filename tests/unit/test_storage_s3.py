@@ -18,8 +18,9 @@ from scenesearch import config, storage
 from scenesearch.data import ingest
 from scenesearch.errors import DataError
 
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 SECRET = "zq9-DISTINCTIVE-secret-Xy7"
+# The session's one moto server (tests/conftest.py::moto_url) lives on the worker of the "server" group.
+pytestmark = pytest.mark.xdist_group("server")
 
 
 def _free_port() -> int:
@@ -27,33 +28,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-@pytest.fixture(scope="session")
-def moto_url(tmp_path_factory):
-    """A moto S3 server on a free loopback port for the whole session."""
-    if not MOTO_SERVER.exists():
-        pytest.skip("moto_server is not installed")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"moto_server did not start on {url}")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture

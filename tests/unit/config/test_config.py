@@ -46,7 +46,7 @@ def test_override_applies():
 
 
 def test_unknown_preset_lists_known():
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; known presets: default, full, mixing, selfsup, smoke, zeroshot"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; known presets: default, full, mixing, nano, selfsup, smoke, zeroshot"):
         config.load("nope")
 
 
