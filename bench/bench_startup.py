@@ -24,7 +24,6 @@ To compare with another tree, run this file with PYTHONPATH naming that tree's r
 Prints figures only; asserts nothing.
 """
 
-from __future__ import annotations
 
 import argparse
 import functools
@@ -49,12 +48,15 @@ HEAVY = ("torch", "torchvision", "sklearn", "mlflow", "kfp", "moderngl", "trimes
 PRESETS = ("default", "smoke", "nano", "full", "zeroshot", "mixing", "selfsup")
 
 
-def wall(cmd: list[str], runs: int, env: dict | None = None, cwd: str | None = None) -> tuple[float, list[subprocess.CompletedProcess]]:
-    """Median wall seconds of `cmd` as a fresh process over `runs` runs (each must exit 0)."""
+def wall(cmd: list[str], runs: int) -> tuple[float, list[subprocess.CompletedProcess]]:
+    """Median wall seconds of `cmd` as a fresh process over `runs` runs (each must exit 0).
+
+    Run from a neutral folder: `python -c` and `-m` put the working folder first on sys.path,
+    which would shadow a tree named in PYTHONPATH."""
     times, done = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
         times.append(time.perf_counter() - t0)
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{p.stderr[-2000:]}")
@@ -142,7 +144,7 @@ def query_cold(args, base: float) -> None:
         print("  scenesearch query cold: no query image (name one with --image)")
         return
     cmd = [sys.executable, "-m", "scenesearch.cli", "query", "--tracking-uri", uri, "--model", model, "--top-k", "5", image]
-    seconds, done = wall(cmd, args.runs, cwd=str(ROOT))
+    seconds, done = wall(cmd, args.runs)
     loads = [float(m.group(1)) for p in done for m in [re.search(r"loaded in ([0-9.]+) s", p.stderr)] if m]
     note = f"(model load as logged: {statistics.median(loads):.2f} s)" if loads else ""
     ranked = next((line for line in done[0].stdout.splitlines() if "ranked by" in line), "")
