@@ -45,15 +45,16 @@ run: setup ## run the whole DAG on the embedded default through KFP local execut
 	$(VENV)/bin/scenesearch run --preset $(PRESET)
 
 # Two pytest-xdist workers: most slow tests wait on subprocesses, servers and one-task-at-a-time
-# DAG runs, so two share the two cores well; tests sharing a DAG run carry one xdist_group (one worker).
+# DAG runs, so two share the two cores well; the modules sharing a DAG run or a server run on one
+# worker (tests/conftest.py: XDIST_GROUPS and its scheduler).
 TEST_WORKERS ?= 2
 
 test: setup $(TEST_DEPS) ## the whole test suite (prints its wall time and the 30 slowest tests)
-	@start=$$(date +%s); $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=30; rc=$$?; \
+	@start=$$(date +%s); $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=30; rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s wall (exit $$rc)"; exit $$rc
 
 test-fast: setup $(TEST_DEPS) ## the tests not marked slow
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow"
 
 bench: setup ## print the speed figures (render, features, evaluate, CVAE training, CVAE distances, query latency, serving under load, hostile ingest)
 	$(PY) -m pip install -q -r requirements-bench.txt

@@ -17,6 +17,41 @@ os.environ.setdefault("XDG_CACHE_HOME", str(ROOT / ".cache"))
 os.environ.setdefault("MESA_SHADER_CACHE_DIR", str(ROOT / ".cache" / "mesa"))
 
 
+# Under pytest-xdist (`make test` runs two workers), the tests that share a session-scoped DAG run
+# or server must run on one worker, or each worker would start its own: every module named here
+# is one unit of work with the others of its group; any other test is a unit of its own.
+# (xdist's `--dist loadgroup` marks tests by rewriting `item._nodeid`, which pytest 9 no longer
+# reads, so the grouping is done here, by module.)
+XDIST_GROUPS = {
+    "tests/e2e/test_dag.py": "e2e",  # smoke_run, served
+    "tests/e2e/test_serving_hostile.py": "e2e",
+    "tests/e2e/test_concurrent.py": "nano",  # nano_pair
+    "tests/e2e/test_kill.py": "nano",
+    "tests/integration/test_outages.py": "server",  # PostgreSQL, moto_url, tracking_server, cut_and_rerun
+    "tests/integration/test_tracking_server.py": "server",
+    "tests/unit/test_storage_s3.py": "server",
+}
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module's group, else the test itself."""
+    return XDIST_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        """xdist's load-scope scheduling with `xdist_unit` as the scope: a node gets a new unit
+        once it has at most two tests left, so a group runs while the other node takes the rest."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def smoke_cfg():
     from scenesearch import config
@@ -50,7 +85,7 @@ def nano_dataset(tmp_path_factory):
 def moto_url(tmp_path_factory):
     """The session's one moto S3 server, on a free loopback port (storage tests make their own
     buckets on it; the tracking server of tests/integration keeps its artifacts there). Its users
-    carry xdist_group("server"), so under pytest-xdist it starts on one worker only."""
+    are one XDIST_GROUPS group, so under pytest-xdist it starts on one worker only."""
     moto = Path(sys.executable).with_name("moto_server")
     if not moto.exists():
         pytest.fail("moto_server is not installed: `make setup` installs moto[server] from requirements.lock")

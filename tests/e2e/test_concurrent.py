@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from scenesearch import registry, tracking
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nano")]
+pytestmark = pytest.mark.slow
 
 
 def check_concurrent(client, outs, check, name: str) -> None:

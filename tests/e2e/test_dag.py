@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.slow
 MODEL_NAME = "scenesearch-smoke"  # registry.name of e2e.yaml
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 TRAINED = {"cvae1", "vgg_baseline", "random", "colour_histogram", "zs_cvae", "parallel_vae", "triplet", "gem_lw_aqe", "triplet_gem", "lorbms"}

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from scenesearch import registry, tracking
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nano")]
+pytestmark = pytest.mark.slow
 
 # (phase, the step run to wait for, its status then, seconds to wait more, the step that must not have finished
 # when the kill lands). Render and features run as shard tasks that open no MLflow run: they are

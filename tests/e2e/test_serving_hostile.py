@@ -14,7 +14,7 @@ import pytest
 
 from scenesearch import serving
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.slow
 TOP_K = 3
 
 

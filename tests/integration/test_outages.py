@@ -18,7 +18,7 @@ from server_runs import output, start_run, wait_for_step  # tests/integration/se
 
 from scenesearch import tracking
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server")]
+pytestmark = pytest.mark.slow
 NAME = "scenesearch-nano"  # the nano preset's experiment and registered model
 
 

@@ -13,7 +13,6 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-pytestmark = pytest.mark.xdist_group("server")  # one PostgreSQL, moto and mlflow server per test session
 STEPS = {"ingest", "render", "preprocess", "features", "similarity", "retrieve", "evaluate"}
 
 

@@ -19,8 +19,6 @@ from scenesearch.data import ingest
 from scenesearch.errors import DataError
 
 SECRET = "zq9-DISTINCTIVE-secret-Xy7"
-# The session's one moto server (tests/conftest.py::moto_url) lives on the worker of the "server" group.
-pytestmark = pytest.mark.xdist_group("server")
 
 
 def _free_port() -> int:
