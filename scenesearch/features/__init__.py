@@ -29,8 +29,8 @@ from scenesearch.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from sklearn.decomposition import PCA
 
-# Importing this package imports no torch or scikit-learn (config validation and the merge steps
-# import it); the functions that run a network or fit PCA import them.
+# Importing this package imports no torch or scikit-learn (config validation imports it for these
+# names); the functions that run a network or fit PCA import those libraries themselves.
 MAPS = {"pool4": 23, "conv5_3": 29}  # VGG16 conv maps kept for the pooling methods: name -> index in .features
 SELFSUP = "selfsup"  # features.weights trained by the features step itself
 POOLINGS = ("mac", "spoc", "gem", "rmac")  # the global poolings of `scenesearch.features.pooling`

@@ -77,8 +77,6 @@ def rmac(x: torch.Tensor, levels: int = 3, eps: float = 1e-6) -> torch.Tensor:
     return F.normalize(region_maxima(x, levels), dim=-1, eps=eps).sum(dim=1)
 
 
-
-
 def pool(x: torch.Tensor, name: str, p: float = 3.0, levels: int = 3) -> torch.Tensor:
     """The pooling called `name` (one of POOLINGS) of (B, C, H, W) maps."""
     if name == "mac":
