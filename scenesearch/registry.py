@@ -4,8 +4,9 @@ A version carries tags, whichever method it is: method, variant, key (the varian
 method's name), dataset_fingerprint, git_commit and its test metrics. `champion` moves to a new
 version only when its metric (``RunConfig.registry_metric()``, higher is
 better) beats the current champion's on the same dataset fingerprint, or when there is no
-champion; otherwise the new version becomes `challenger` and the reason is recorded. Aliases,
-not stages: stages are deprecated in MLflow.
+champion; otherwise the new version becomes `challenger` and the reason is recorded. Better means
+strictly better at the precision the tags store (`TAG_DIGITS` decimals): a tie keeps the champion,
+and says so. Aliases, not stages: stages are deprecated in MLflow.
 
 Two runs may register at once, and a run may be killed mid-registration. So a new version is
 created tagged ``registration: pending <owner>``; the decision is then made under the registry
@@ -36,6 +37,7 @@ PENDING_TAG = "registration"  # "pending <owner>" until the version's alias is s
 LOCK_SUFFIX = ".lock"
 LOCK_TIMEOUT_S = 300.0  # wait this long for another registration to finish
 LOCK_STALE_S = 900.0  # a lock older than this is taken over whoever holds it (a decision takes seconds)
+TAG_DIGITS = 6  # decimals of the metrics in version tags; the champion is compared at this precision
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,14 @@ def decide(metric: str, value: float, fingerprint: str, champion_tags: dict | No
     best = tag_value(champion_tags, metric)
     if not math.isfinite(best):
         return Decision(True, f"the champion has no {metric}")
+    # The champion's value is read back from its tag: compare the new one as it would be stored,
+    # or a tie (the same run twice) looks better by the digits the tag dropped.
+    value = round(value, TAG_DIGITS)
     if value > best:
-        return Decision(True, f"{metric} {value:.4f} beats the champion's {best:.4f}")
-    return Decision(False, f"{metric} {value:.4f} does not beat the champion's {best:.4f}")
+        return Decision(True, f"{metric} {value:.{TAG_DIGITS}f} beats the champion's {best:.{TAG_DIGITS}f}")
+    if value == best:
+        return Decision(False, f"{metric} {value:.{TAG_DIGITS}f} ties the champion's: a tie keeps the champion")
+    return Decision(False, f"{metric} {value:.{TAG_DIGITS}f} does not beat the champion's {best:.{TAG_DIGITS}f}")
 
 
 def champion_tags(client, name: str) -> dict | None:
@@ -282,7 +289,7 @@ def version_tags(record: dict, metrics: dict[str, float], commit: str) -> dict[s
         "variant": record["variant"] or "-",
         "key": record["key"],
         "git_commit": commit,
-        **{k: f"{v:.6f}" for k, v in metrics.items() if k.startswith("test_")},
+        **{k: f"{v:.{TAG_DIGITS}f}" for k, v in metrics.items() if k.startswith("test_")},
     }
 
 

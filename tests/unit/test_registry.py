@@ -16,7 +16,10 @@ FP = "fp-aaa"
         (0.5, FP, None, True, "no champion"),
         (0.6, FP, {"test_mAP": "0.500000", "dataset_fingerprint": FP}, True, "beats"),
         (0.4, FP, {"test_mAP": "0.500000", "dataset_fingerprint": FP}, False, "does not beat"),
-        (0.5, FP, {"test_mAP": "0.500000", "dataset_fingerprint": FP}, False, "does not beat"),  # a tie keeps the champion
+        (0.5, FP, {"test_mAP": "0.500000", "dataset_fingerprint": FP}, False, "ties the champion's: a tie keeps the champion"),
+        # the same score as the champion's, which its tag stores to 6 decimals: still a tie (it was "beats")
+        (0.4169421, FP, {"test_mAP": f"{0.4169421:.6f}", "dataset_fingerprint": FP}, False, "ties the champion's"),
+        (0.4169426, FP, {"test_mAP": f"{0.4169421:.6f}", "dataset_fingerprint": FP}, True, "test_mAP 0.416943 beats the champion's 0.416942"),
         (0.9, "fp-bbb", {"test_mAP": "0.500000", "dataset_fingerprint": FP}, False, "another dataset"),
         (math.nan, FP, None, False, "nan"),
         (0.1, FP, {"dataset_fingerprint": FP}, True, "has no test_mAP"),
@@ -45,9 +48,9 @@ def test_champion_moves_only_to_better_versions_and_by_hand(mlflow_uri):
     v2 = _version(c, name, 0.4)
     assert registry.apply(c, name, v2, registry.decide("test_mAP", 0.4, FP, registry.champion_tags(c, name))) == "challenger"
     assert str(c.get_model_version_by_alias(name, "champion").version) == v1
-    assert c.get_model_version(name, v2).tags["promotion"].startswith("challenger: test_mAP 0.4000 does not beat")
+    assert c.get_model_version(name, v2).tags["promotion"].startswith("challenger: test_mAP 0.400000 does not beat")
 
-    with pytest.raises(ScenesearchError, match=f"version {v2} was not promoted: test_mAP 0.4000 does not beat the champion's 0.5000"):
+    with pytest.raises(ScenesearchError, match=f"version {v2} was not promoted: test_mAP 0.400000 does not beat the champion's 0.500000"):
         registry.promote(mlflow_uri, name, v2)
     v3 = _version(c, name, 0.7, fingerprint="fp-other")
     with pytest.raises(ScenesearchError, match="another dataset"):
