@@ -25,7 +25,7 @@ def logged(smoke_run, served):
     from scenesearch.io import decode_image
 
     image = decode_image("q", sorted(Path(smoke_run.dataset).glob("queries/*/*.png"))[0].read_bytes())
-    return {"uri": served.uri, "model_uri": served.model_uri, "work": smoke_run.cwd, "image": image}
+    return {"uri": served.uri, "model_uri": served.model_uri, "image": image}
 
 
 @pytest.fixture(scope="module")
