@@ -18,8 +18,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
-MODEL_NAME = "scenesearch-smoke"  # registry.name of e2e.yaml
-CHAMPION = f"models:/{MODEL_NAME}@champion"
 TRAINED = {"cvae1", "vgg_baseline", "random", "colour_histogram", "zs_cvae", "parallel_vae", "triplet", "gem_lw_aqe", "triplet_gem", "lorbms"}
 
 
@@ -109,9 +107,9 @@ def test_every_serving_method_is_registered_and_the_champion_is_the_best_on_unse
         assert float(v.tags["test_unseen_mAP"]) == pytest.approx(m[f"test_{v.tags['key']}_unseen_mAP"], abs=1e-6)
     first = min(versions.values(), key=lambda v: int(v.version))
     assert all("test_unseen_mAP" in v.tags["promotion"] for v in versions.values() if v is not first)
-    champion = c.get_model_version_by_alias(MODEL_NAME, "champion")
+    champion = c.get_model_version_by_alias(smoke_run.model_name, "champion")
     key = champion.tags["key"]
-    assert params[f"registered.{key}"] == f"{MODEL_NAME}/{champion.version} (champion)"
+    assert params[f"registered.{key}"] == f"{smoke_run.model_name}/{champion.version} (champion)"
     assert m[f"test_{key}_unseen_mAP"] == max(m[f"test_{v.tags['key']}_unseen_mAP"] for v in versions.values())
     # the plugin is registered as itself, with no variant
     assert versions["colour_histogram"].tags["variant"] == "-"
@@ -191,7 +189,7 @@ def test_a_method_added_through_the_registry_alone_runs_through_the_dag_the_regi
     query = [sys.executable, "-m", "scenesearch.cli", "query", "--top-k", "3", "--json", str(image)]
     q = subprocess.run([*query, "--config", str(smoke_run.config)], cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300)
     assert q.returncode == 1 and "plugins: cannot import the method module 'colour_histogram'" in q.stderr  # the config's plugin must be importable ...
-    q = subprocess.run([*query, "--preset", "smoke", "--model", f"models:/{MODEL_NAME}/{version}"], cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300)
+    q = subprocess.run([*query, "--preset", "smoke", "--model", f"models:/{smoke_run.model_name}/{version}"], cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0, q.stderr[-2000:]  # ... but the served model needs no PYTHONPATH: it ships the plugin
     answer = json.loads(q.stdout)[0]
     assert [r["rank"] for r in answer["results"]] == [1, 2, 3] and all(r["distance"] >= 0 for r in answer["results"])
@@ -209,7 +207,7 @@ def test_the_champion_loads_as_pyfunc_and_ranks_every_scene(smoke_run):
 
     n_scenes = int(_parent(smoke_run).data.metrics["n_scenes"])
     mlflow.set_tracking_uri(smoke_run.uri)
-    model = mlflow.pyfunc.load_model(CHAMPION)
+    model = mlflow.pyfunc.load_model(f"models:/{smoke_run.model_name}@champion")
     images = [decode_image(p.name, p.read_bytes()) for p in _query_images(smoke_run.dataset)]
     frame = model.predict(np.stack(images), params={"top_k": n_scenes})
     assert list(frame.columns) == ["query", "rank", "scene_id", "label", "distance"]
@@ -245,7 +243,7 @@ def test_a_registered_zero_shot_model_answers_a_sketch(smoke_run):
     sketch = sorted((smoke_run.dataset / "sketches" / "street").glob("*.png"))[0]
     version = smoke_run.versions()["zs_cvae"].version
     q = subprocess.run(
-        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--model", f"models:/{MODEL_NAME}/{version}", "--top-k", "3", "--json", str(sketch)],
+        [sys.executable, "-m", "scenesearch.cli", "query", "--preset", "smoke", "--model", f"models:/{smoke_run.model_name}/{version}", "--top-k", "3", "--json", str(sketch)],
         cwd=smoke_run.cwd, env=smoke_run.env, capture_output=True, text=True, timeout=300,
     )
     assert q.returncode == 0, q.stderr[-2000:]
